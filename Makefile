@@ -1,0 +1,31 @@
+# Two-command setup: `make demo` and `make test` create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test test-slow bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ctvl demo --out demo_out
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --timeout 900
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow --timeout 3600
+
+bench: $(STAMP)
+	$(PY) scripts/bench_preprocess.py
+	$(PY) scripts/bench_survival.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

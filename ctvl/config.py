@@ -1,0 +1,304 @@
+"""Typed configuration for every part of ctvl.
+
+The dataclasses here are the schema; YAML files under ``configs/`` hold values and
+the CLI (``ctvl --help``) shows each field's attribute docstring. This module
+imports nothing heavy (no torch, MONAI or DeepSpeed) so that configs can be
+parsed and validated anywhere.
+
+Axis convention used throughout ctvl (see ``ctvl.data.io``): volumes are in RAS
+orientation with array axes ``(x, y, z)``; channel-first tensors are
+``(C, x, y, z)`` and batches ``(B, C, x, y, z)``.
+
+Example:
+    >>> cfg = load_config(PreprocessConfig, "configs/data/merlin.yaml")  # doctest: +SKIP
+    >>> PreprocessConfig().roi_size
+    (224, 224, 160)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def _check_positive(name: str, values) -> None:
+    for v in values:
+        if not v > 0:
+            raise ValueError(f"`{name}` must be > 0 everywhere, got {tuple(values)}")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Merlin's CT preprocessing: RAS -> spacing -> HU window -> pad/crop."""
+
+    orientation: str = "RAS"
+    """Target orientation code (nibabel/MONAI convention: axes point to R, A, S)."""
+    spacing: tuple[float, float, float] = (1.5, 1.5, 3.0)
+    """Target voxel spacing in mm along (x, y, z)."""
+    interpolation: Literal["bilinear", "nearest"] = "bilinear"
+    """Resampling mode (MONAI's ``Spacingd`` mode; bilinear is trilinear in 3D)."""
+    hu_window: tuple[float, float] = (-1000.0, 1000.0)
+    """HU range mapped to [0, 1]; values outside are clipped."""
+    roi_size: tuple[int, int, int] = (224, 224, 160)
+    """Output size along (x, y, z) after zero-padding and centre-cropping."""
+    cache_dtype: Literal["float16", "float32"] = "float16"
+    """Storage dtype of preprocessed volumes in the cache."""
+    on_unit_range: Literal["error", "convert"] = "error"
+    """What to do with a volume already scaled to [0, 1] instead of HU: refuse it, or map [0, 1] back to the HU window."""
+
+    def __post_init__(self):
+        _check_positive("spacing", self.spacing)
+        _check_positive("roi_size", self.roi_size)
+        if len(self.spacing) != 3 or len(self.roi_size) != 3:
+            raise ValueError("`spacing` and `roi_size` need three values (x, y, z)")
+        if self.hu_window[0] >= self.hu_window[1]:
+            raise ValueError(f"`hu_window` must be increasing, got {self.hu_window}")
+
+    def fingerprint(self) -> str:
+        """Short hash of every field: part of each cache key, so a changed config never reuses entries."""
+        return config_hash(self)
+
+
+@dataclass(frozen=True)
+class CTRateConfig:
+    """CT-RATE as distributed (volumes, reports, metadata, labels)."""
+
+    root: str = ""
+    """Folder holding ``dataset/{train,valid}``, ``radiology_text_reports/`` and ``metadata/`` (or those folders directly)."""
+    split: Literal["train", "validation"] = "train"
+    """Which split to read."""
+    release: Literal["fixed", "original"] = "fixed"
+    """"fixed": volumes already in HU with correct headers (never rescaled again);
+    "original": apply RescaleSlope/Intercept and XYSpacing/ZSpacing from the metadata CSV."""
+
+
+@dataclass(frozen=True)
+class SyntheticCohortConfig:
+    """Chest-CT phantom cohort with known findings and a known proportional-hazards truth."""
+
+    n_cases: int = 200
+    """Number of volumes/patients."""
+    shape: tuple[int, int, int] = (64, 64, 64)
+    """Volume size along (x, y, z) in voxels."""
+    spacing: tuple[float, float, float] = (5.0, 5.0, 5.0)
+    """Voxel spacing in mm along (x, y, z)."""
+    seed: int = 0
+    """Seed; the cohort is a deterministic function of the config."""
+    clinical_weight: float = 0.3
+    """How informative clinical covariates are relative to image findings (0 = not at all, 1 = equally)."""
+    censoring_rate: float = 0.3
+    """Target fraction of censored patients."""
+    validation_fraction: float = 0.2
+    """Fraction of cases put in the "validation" split (the rest is "train")."""
+    compress: bool = True
+    """Write ``.nii.gz`` (True) or ``.nii`` (False)."""
+
+    def __post_init__(self):
+        if self.n_cases < 1:
+            raise ValueError(f"`n_cases` must be >= 1, got {self.n_cases}")
+        if not 0.0 <= self.censoring_rate < 1.0:
+            raise ValueError(f"`censoring_rate` must be in [0, 1), got {self.censoring_rate}")
+        _check_positive("shape", self.shape)
+        _check_positive("spacing", self.spacing)
+
+
+# ----------------------------------------------------------------------- survival
+
+
+@dataclass(frozen=True)
+class SurvivalConfig:
+    """Survival branch S_psi: residual adapter + DeepSurv (Cox) or DeepHit (discrete) head, and its losses."""
+
+    head: Literal["cox", "discrete"] = "cox"
+    """"cox": DeepSurv log-hazard; "discrete": DeepHit probability mass over ``num_bins``."""
+    ties: Literal["efron", "breslow"] = "efron"
+    """Tie handling of the Cox partial likelihood."""
+    num_bins: int = 10
+    """DeepHit: number of time bins K."""
+    cuts: Literal["equidistant", "quantile"] = "quantile"
+    """DeepHit: how the bin edges are placed (pycox ``LabTransDiscreteTime`` semantics)."""
+    rank_weight: float = 0.0
+    """DeepHit ranking term weight (alpha of the DeepHit paper); 0 disables it."""
+    rank_sigma: float = 0.1
+    """DeepHit ranking term scale sigma."""
+    adapter_hidden: int = 256
+    """Bottleneck width of the residual adapter."""
+    adapter_dropout: float = 0.1
+    """Dropout inside the residual adapter."""
+    head_hidden: tuple[int, ...] = ()
+    """Hidden widths of the head MLP; empty = a single linear layer."""
+    pooling: Literal["last", "mean_answer", "mean_all"] = "last"
+    """Which decoder hidden state feeds the adapter: last non-padding token, mean over answer tokens, or mean over all tokens."""
+    dispersion_weight: float = 1.0
+    """Weight of the dispersion loss inside alpha * (...)."""
+    dispersion_tau: float = 1.0
+    """Temperature tau of the dispersion loss."""
+    alignment_weight: float = 1.0
+    """Weight of the alignment loss inside alpha * (...)."""
+    alpha: float = 0.5
+    """L = L_LM + alpha * (L_surv + L_disp + L_align)."""
+    gather_across_ranks: bool = True
+    """Compute the Cox loss on the global risk set gathered from all data-parallel ranks."""
+
+    def __post_init__(self):
+        if self.head == "discrete" and self.num_bins < 2:
+            raise ValueError(f"`num_bins` must be >= 2 for a discrete head, got {self.num_bins}")
+        if self.alpha < 0:
+            raise ValueError(f"`alpha` must be >= 0, got {self.alpha}")
+
+
+# ------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """Merlin-style I3D-inflated 3D ResNet image encoder."""
+
+    layers: tuple[int, int, int, int] = (3, 8, 36, 3)
+    """Bottleneck blocks per stage (ResNet-152: 3, 8, 36, 3)."""
+    base_width: int = 64
+    """Channels of the stem; stage widths are base_width * (1, 2, 4, 8) * 4 at the output."""
+    checkpoint: Optional[str] = None
+    """Local path to a Merlin checkpoint (``encode_image.i3_resnet.*`` keys); None = random init."""
+    frozen: bool = True
+    """Keep the encoder frozen and in eval() (BatchNorm statistics never move)."""
+    gradient_checkpointing: bool = False
+    """Recompute stage activations in backward (only matters when the encoder trains)."""
+
+    @property
+    def out_channels(self) -> int:
+        return self.base_width * 8 * 4
+
+
+@dataclass(frozen=True)
+class ProjectorConfig:
+    """Maps visual tokens to the decoder's embedding space (H_v = W Z_v)."""
+
+    kind: Literal["linear", "mlp2x_gelu"] = "linear"
+    """"linear": the paper's W; "mlp2x_gelu": LLaVA-1.5's two-layer MLP."""
+    token_pooling: Literal["mean_z", "none", "adaptive"] = "mean_z"
+    """"mean_z": average over z -> x*y tokens (49 for Merlin); "none": all x*y*z tokens (490); "adaptive": pool to ``num_tokens``."""
+    num_tokens: int = 49
+    """Number of tokens for ``token_pooling="adaptive"``."""
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    r: int = 16
+    """Rank of the update matrices; 0 disables LoRA (full fine-tuning of the decoder)."""
+    alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA branch input."""
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    """Decoder Linear names that receive a LoRA branch (Llama naming)."""
+
+    def __post_init__(self):
+        if self.r < 0:
+            raise ValueError(f"`lora.r` must be >= 0, got {self.r}")
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Llama-family causal LM, loaded from a local directory or built tiny from scratch."""
+
+    path: Optional[str] = None
+    """Local HF model directory (config.json + safetensors + tokenizer); None = build a random-init tiny Llama."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Parameter dtype."""
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+    """Attention kernel."""
+    trust_remote_code: bool = False
+    """Allow custom model/tokenizer code from the model directory (off unless you trust it)."""
+    gradient_checkpointing: bool = False
+    """Recompute decoder layers in backward to save activation memory."""
+    # Tiny random-init decoder (tests and the demo).
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 128
+    max_position_embeddings: int = 512
+
+
+@dataclass(frozen=True)
+class CTVLConfig:
+    """The whole CT vision-language survival model."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    survival: SurvivalConfig = field(default_factory=SurvivalConfig)
+    image_token: str = "<image>"
+    """Placeholder in prompts, expanded to ``num_image_tokens`` copies."""
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def config_hash(cfg: Any, length: int = 16) -> str:
+    """Stable hash of a (nested) dataclass's values, for cache keys and provenance."""
+    payload = json.dumps(to_dict(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+
+def to_dict(cfg: Any) -> dict:
+    """Dataclass -> plain dict (tuples become lists), suitable for YAML/JSON."""
+    return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+def from_dict(cls: type[T], data: dict | None) -> T:
+    """Build dataclass ``cls`` from a dict, recursing into nested dataclasses.
+
+    Unknown keys raise ``ValueError`` naming them: a YAML key with no field is a typo.
+    """
+    data = dict(data or {})
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; known: {sorted(known)}")
+    kwargs = {}
+    hints = _resolved_types(cls)
+    for name, value in data.items():
+        ftype = hints[name]
+        if is_dataclass(ftype) and isinstance(value, dict):
+            value = from_dict(ftype, value)
+        elif isinstance(value, list):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _resolved_types(cls) -> dict[str, Any]:
+    import typing
+
+    return typing.get_type_hints(cls)
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    """Read a YAML file into dataclass ``cls``."""
+    with open(path) as fh:
+        return from_dict(cls, yaml.safe_load(fh))
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write a dataclass as YAML (the resolved config saved beside every output)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+
+
+def replace(cfg: T, **changes) -> T:
+    """``dataclasses.replace`` re-exported so callers need not import dataclasses."""
+    return dataclasses.replace(cfg, **changes)

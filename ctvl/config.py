@@ -302,3 +302,109 @@ def save_config(cfg: Any, path: str | Path) -> None:
 def replace(cfg: T, **changes) -> T:
     """``dataclasses.replace`` re-exported so callers need not import dataclasses."""
     return dataclasses.replace(cfg, **changes)
+
+
+# ----------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where a training/inference run reads its cohort."""
+
+    manifest: str = ""
+    """Survival manifest (CSV/Parquet): case_id, image, clinical columns, time, event, split."""
+    vqa: str = ""
+    """LLaVA-style VQA JSONL from ``ctvl build-vqa`` (one record per volume and question)."""
+    image_cache: str = ""
+    """Preprocessed-volume cache from ``ctvl preprocess``."""
+    feature_cache: str = ""
+    """Frozen-encoder feature cache from ``ctvl encode``; when set, training skips the image encoder."""
+    clinical_template: str = ""
+    """YAML template turning a manifest row into the clinical-context sentence; empty = no context."""
+    questions: str = "configs/vqa/questions_chest_ct.yaml"
+    """The question templates (the six of the paper by default)."""
+    max_length: int = 256
+    """Maximum text tokens per example (image tokens excluded)."""
+    train_split: str = "train"
+    """Value of the manifest's ``split`` column used for training."""
+    eval_split: str = "validation"
+    """Value of the manifest's ``split`` column used for evaluation."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training stage. Stage 1 and stage 2 differ only in these values."""
+
+    stage: Literal["vqa", "survival"] = "vqa"
+    """"vqa": stage 1 (projector + decoder, LM loss); "survival": stage 2 (decoder LoRA + survival branch, joint loss)."""
+    out_dir: str = "runs/stage1"
+    """Output folder: checkpoints, exported model, metrics.csv, TensorBoard logs, resolved config."""
+    init_from: Optional[str] = None
+    """A previous stage's output folder (its exported model) to start from; stage 2 names stage 1's."""
+    micro_batch_size: int = 12
+    """Samples per rank per forward pass."""
+    grad_accum_steps: int = 8
+    """Micro-batches accumulated per optimiser step."""
+    global_batch_size: Optional[int] = None
+    """If set, must equal micro_batch_size * grad_accum_steps * world_size (checked at launch)."""
+    lr: float = 1e-6
+    """Peak learning rate (the paper: 1e-6 with a language decoder, 1e-4 without)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 500
+    """Linear warm-up steps of the cosine schedule."""
+    max_steps: int = 1000
+    """Optimiser steps to run."""
+    grad_clip: float = 1.0
+    """Gradient-norm clipping; 0 disables it."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """"auto": bf16 on GPU, fp32 on CPU."""
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """DeepSpeed ZeRO stage (ignored without DeepSpeed)."""
+    deepspeed_config: Optional[str] = None
+    """DeepSpeed JSON with ZeRO/offload settings only (configs/deepspeed/*.json); batch, clipping and precision are written by ctvl."""
+    use_deepspeed: Literal["auto", "yes", "no"] = "auto"
+    """"auto": DeepSpeed when it imports and a launcher set up ranks, plain PyTorch otherwise."""
+    event_aware_sampler: bool = False
+    """Guarantee at least one event in every micro-batch (stage 2)."""
+    seed: int = 0
+    """Base seed; each rank uses seed + rank."""
+    log_interval: int = 10
+    """Optimiser steps between log lines/metrics rows."""
+    eval_interval: int = 100
+    """Optimiser steps between evaluations (validation LM loss, C-index); 0 disables."""
+    save_interval: int = 100
+    """Optimiser steps between checkpoints; 0 saves only at the end."""
+    keep_last: int = 2
+    """Checkpoints kept on disk."""
+
+    def __post_init__(self):
+        for name in ("micro_batch_size", "grad_accum_steps", "max_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"`lr` must be > 0, got {self.lr}")
+
+    def global_batch(self, world_size: int) -> int:
+        """micro x accumulation x world; raises if ``global_batch_size`` disagrees."""
+        derived = self.micro_batch_size * self.grad_accum_steps * world_size
+        if self.global_batch_size is not None and self.global_batch_size != derived:
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} != micro_batch_size {self.micro_batch_size}"
+                f" x grad_accum_steps {self.grad_accum_steps} x world_size {world_size} = {derived}"
+            )
+        return derived
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``ctvl train`` reads: model, data and the stage's training values."""
+
+    model: CTVLConfig = field(default_factory=CTVLConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)

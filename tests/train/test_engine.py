@@ -1,0 +1,60 @@
+"""DeepSpeed config assembly, the LR schedule, and the plain-PyTorch engine's accumulation."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctvl.config import TrainConfig
+from ctvl.train.engine import TorchEngine, build_ds_config, cosine_with_warmup
+
+DS_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+
+
+@pytest.mark.parametrize("path", sorted(DS_DIR.glob("*.json")), ids=lambda p: p.name)
+def test_shipped_deepspeed_json_holds_only_zero_settings(path):
+    cfg = TrainConfig(micro_batch_size=12, grad_accum_steps=8, deepspeed_config=str(path), precision="bf16")
+    ds = build_ds_config(cfg, world=2)
+    assert ds["train_batch_size"] == 12 * 8 * 2
+    assert ds["train_micro_batch_size_per_gpu"] == 12 and ds["gradient_accumulation_steps"] == 8
+    assert ds["bf16"] == {"enabled": True}
+    assert ds["zero_optimization"]["stage"] == json.loads(path.read_text())["zero_optimization"]["stage"]
+    assert "auto" not in json.dumps(ds)
+
+
+def test_global_batch_mismatch_is_explained():
+    cfg = TrainConfig(micro_batch_size=12, grad_accum_steps=8, global_batch_size=96)
+    assert build_ds_config(cfg, world=1, base={})["train_batch_size"] == 96
+    with pytest.raises(ValueError, match="x world_size 2 = 192"):
+        build_ds_config(cfg, world=2, base={})
+
+
+def test_json_owning_batch_keys_is_refused():
+    with pytest.raises(ValueError, match="train_batch_size"):
+        build_ds_config(TrainConfig(), world=1, base={"train_batch_size": "auto"})
+
+
+def test_cosine_schedule_shape():
+    lrs = [cosine_with_warmup(s, warmup=10, total=100) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lrs[-1] < 0.01
+
+
+def test_accumulated_micro_batches_equal_one_big_batch():
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 5), torch.randn(8, 1)
+
+    def run(micro, accum):
+        torch.manual_seed(1)
+        model = torch.nn.Linear(5, 1)
+        engine = TorchEngine(model, TrainConfig(micro_batch_size=micro, grad_accum_steps=accum, lr=0.1,
+                                                warmup_steps=1, max_steps=10, grad_clip=0.0))
+        for i in range(0, 8, micro):
+            loss = torch.nn.functional.mse_loss(model(x[i:i + micro]), y[i:i + micro])
+            engine.backward(loss)
+            engine.step()
+        return model.weight.detach().clone()
+
+    torch.testing.assert_close(run(2, 4), run(8, 1), rtol=1e-6, atol=1e-7)

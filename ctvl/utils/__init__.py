@@ -1,0 +1,1 @@
+"""Small helpers shared by ctvl's batch jobs (error logs, ...)."""

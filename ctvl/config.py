@@ -109,6 +109,8 @@ class SyntheticCohortConfig:
             raise ValueError(f"`n_cases` must be >= 1, got {self.n_cases}")
         if not 0.0 <= self.censoring_rate < 1.0:
             raise ValueError(f"`censoring_rate` must be in [0, 1), got {self.censoring_rate}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"`validation_fraction` must be in [0, 1), got {self.validation_fraction}")
         _check_positive("shape", self.shape)
         _check_positive("spacing", self.spacing)
 
@@ -223,6 +225,10 @@ class DecoderConfig:
     """Allow custom model/tokenizer code from the model directory (off unless you trust it)."""
     gradient_checkpointing: bool = False
     """Recompute decoder layers in backward to save activation memory."""
+    tokenizer: Optional[str] = None
+    """Local tokenizer directory; None = the one in ``path`` (or, for the tiny random decoder, a byte-level BPE trained on the run's texts)."""
+    tokenizer_vocab_size: int = 1000
+    """Vocabulary of the BPE trained for the tiny random decoder."""
     # Tiny random-init decoder (tests and the demo).
     hidden_size: int = 64
     num_layers: int = 2

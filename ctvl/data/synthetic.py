@@ -1,0 +1,991 @@
+"""Synthetic chest-CT cohort with known findings, known reports and a known survival truth.
+
+No real CT can be downloaded in CI, yet a pipeline (HU handling, preprocessing, VQA extraction from
+reports, survival training) needs data whose truth is known. This module draws vectorised chest
+phantoms in Hounsfield units (body wall, fat, two lungs with lobes, mediastinum, heart, aorta,
+pulmonary artery, SVC, airways, spine, ribs, liver dome, adrenals) with findings for the six
+questions of the core paper (Liu et al., arXiv 2604.18250, Fig. 2): primary tumour, lymph nodes,
+pleura, metastases, major vessels, skeleton. Each case gets a CT-RATE style report
+(:mod:`ctvl.data.synthetic_reports`), clinical covariates and a proportional-hazards survival time.
+
+Geometry: anatomy is laid out in a *reference frame* (mm, RAS, origin at the FOV centre) for a
+320 mm field of view; it is scaled by ``min(1, FOV / 320 mm)`` per axis (and the patient's
+``body_scale`` in x, y) so that any grid holds a whole chest. Lesion sizes are physical mm.
+Finding centres in :class:`Findings` are reference-frame mm.
+
+Survival truth (module constants ``W_IMAGE``, ``W_CLINICAL``, ``WEIBULL_*``):
+
+.. math::
+    \eta_i = w_{img}^\top f(\text{findings}_i) + \lambda_{clin}\, w_{clin}^\top g(\text{clinical}_i),
+    \qquad T_i = \sigma \left(-\log U_i\; e^{-\eta_i}\right)^{1/k}
+
+(Weibull proportional hazards by inverse-CDF sampling, Bender et al., Stat. Med. 24:1713, 2005),
+with independent exponential censoring whose rate is solved so that the expected censored
+fraction equals ``censoring_rate``. Both linear predictors are centred and have a population SD of
+~1.5, so ``clinical_weight`` is the ratio of clinical to imaging signal.
+
+Entry points:
+    >>> from ctvl.config import SyntheticCohortConfig
+    >>> df, findings = make_cohort(SyntheticCohortConfig(n_cases=4, shape=(32, 32, 32), spacing=(10, 10, 10)))
+    >>> make_case_volume(SyntheticCohortConfig(shape=(32, 32, 32), spacing=(10, 10, 10)), findings[0]).dtype
+    dtype('int16')
+
+``write_cohort(cfg, out_dir, release)`` writes the CT-RATE layout (volumes, reports, metadata) plus a
+survival manifest and the ground-truth findings; see its docstring for the layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from ctvl.config import SyntheticCohortConfig
+
+log = logging.getLogger(__name__)
+
+REF_FOV_MM = 320.0
+"""Field of view (mm) the reference anatomy is laid out for; smaller FOVs shrink the anatomy."""
+
+LOBES = ("right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe", "left lower lobe")
+LOBE_PRIOR = (0.30, 0.08, 0.20, 0.25, 0.17)
+# Station -> (reference-frame anchor in mm, laterality, compartment); anchors sit beside the
+# trachea/carina/hila drawn below.
+NODE_STATIONS = {
+    "right paratracheal": ((18.0, -22.0, 75.0), "right", "mediastinal"),
+    "left paratracheal": ((-14.0, -30.0, 52.0), "left", "mediastinal"),
+    "aortopulmonary window": ((-24.0, 6.0, 54.0), "left", "mediastinal"),
+    "subcarinal": ((2.0, -28.0, 24.0), "midline", "mediastinal"),
+    "right hilar": ((50.0, -25.0, 8.0), "right", "hilar"),
+    "left hilar": ((-48.0, -20.0, 24.0), "left", "hilar"),
+}
+VESSELS = ("superior vena cava", "pulmonary artery", "aorta")
+EFFUSION_SIZES = ("small", "moderate", "large")
+SMOKING = ("never", "former", "current")
+
+W_IMAGE = {"tumour_cm": 0.35, "n_stage": 0.47, "metastatic_sites": 1.12,
+           "effusion_grade": 0.41, "vessel_involvement": 0.70, "pleural_thickening": 0.47}
+"""Log-hazard per unit of each imaging feature f(findings) (see :func:`compute_image_features`)."""
+W_CLINICAL = {"age_decades": 1.10, "male": 0.59, "former_smoker": 0.66, "current_smoker": 1.32, "ecog": 1.39}
+"""Log-hazard per unit of each clinical feature g(clinical); multiplied by ``clinical_weight``."""
+IMAGE_MEAN, CLINICAL_MEAN = 2.23, 2.30
+"""Population means of the two linear predictors (Monte-Carlo, n = 10^5), subtracted to centre them."""
+WEIBULL_SCALE_MONTHS, WEIBULL_SHAPE = 20.0, 1.2
+"""Baseline Weibull scale sigma (months) and shape k: S_0(t) = exp(-(t / sigma)^k)."""
+
+
+class Label(IntEnum):
+    """Tissue labels of :func:`make_label_map`; HU per label in ``_HU``."""
+
+    AIR, FAT, SOFT_TISSUE, MEDIASTINAL_FAT, ABDOMEN = 0, 1, 2, 3, 4
+    RUL, RML, RLL, LUL, LLL = 5, 6, 7, 8, 9
+    AIRWAY, ESOPHAGUS, HEART, BLOOD_POOL, VESSEL = 10, 11, 12, 13, 14
+    CORTICAL_BONE, VERTEBRA, DISC, SPINAL_CANAL, LIVER, ADRENAL = 15, 16, 17, 18, 19, 20
+    TUMOUR, NODE, EFFUSION, PLEURAL_THICKENING, LIVER_MET, ADRENAL_MET = 30, 31, 32, 33, 34, 35
+    BONE_LYTIC, BONE_SCLEROTIC, FRACTURE, OSTEOPHYTE, VESSEL_INVASION = 36, 37, 38, 39, 40
+
+
+LOBE_LABELS = dict(zip(LOBES, (Label.RUL, Label.RML, Label.RLL, Label.LUL, Label.LLL)))
+LUNG_LABELS = tuple(LOBE_LABELS.values())
+BONE_LABELS = (Label.CORTICAL_BONE, Label.VERTEBRA, Label.DISC)
+# label: (HU without contrast, HU with contrast, texture amplitude)
+_HU = {Label.AIR: (-1000, -1000, 0), Label.FAT: (-100, -100, 6), Label.SOFT_TISSUE: (45, 55, 6),
+       Label.MEDIASTINAL_FAT: (-90, -90, 8), Label.ABDOMEN: (35, 60, 8), Label.AIRWAY: (-990, -990, 0),
+       Label.ESOPHAGUS: (40, 50, 4), Label.HEART: (45, 90, 4), Label.BLOOD_POOL: (40, 170, 4),
+       Label.VESSEL: (40, 180, 4), Label.CORTICAL_BONE: (750, 750, 40), Label.VERTEBRA: (280, 280, 30),
+       Label.DISC: (80, 80, 6), Label.SPINAL_CANAL: (30, 30, 3), Label.LIVER: (58, 100, 4),
+       Label.ADRENAL: (25, 45, 4), Label.TUMOUR: (38, 60, 8), Label.NODE: (40, 55, 5),
+       Label.EFFUSION: (15, 15, 2), Label.PLEURAL_THICKENING: (45, 65, 5), Label.LIVER_MET: (20, 40, 4),
+       Label.ADRENAL_MET: (32, 55, 6), Label.BONE_LYTIC: (30, 45, 6), Label.BONE_SCLEROTIC: (1100, 1100, 40),
+       Label.FRACTURE: (50, 60, 5), Label.OSTEOPHYTE: (750, 750, 30), Label.VESSEL_INVASION: (42, 65, 6)}
+_HU.update({lab: (-860, -860, 28) for lab in LUNG_LABELS})
+
+
+def _build_lut() -> np.ndarray:
+    """(contrast, [HU, texture amplitude], label) lookup table, float32."""
+    lut = np.zeros((2, 2, 256), np.float32)
+    for lab, (plain, contrast, amplitude) in _HU.items():
+        lut[:, 0, lab], lut[:, 1, lab] = (plain, contrast), amplitude
+    return lut
+
+
+_LUT = _build_lut()
+NOISE_SD_HU = 10.0
+"""Standard deviation of the white (quantum) noise added to every voxel."""
+
+# Reference anatomy (mm): ellipsoids (centre, semi-axes) and capsules (a, b, radius).
+_LUNG = {"right": ((70.0, -5.0, 20.0), (58.0, 78.0, 115.0)),
+         "left": ((-68.0, -5.0, 15.0), (54.0, 76.0, 112.0))}
+_CAGE = (125.0, 85.0, -2.0)  # inner rib-cage ellipse: semi x, semi y, centre y
+_HILUM = {"right": ((45.0, -15.0, 22.0), (20.0, 24.0, 30.0)),
+          "left": ((-47.0, -15.0, 25.0), (20.0, 24.0, 30.0))}
+_HEART = ((-15.0, 28.0, -45.0), (60.0, 50.0, 48.0))
+_LIVER = ((55.0, 25.0, -150.0), (100.0, 85.0, 75.0))
+_ADRENAL = {"right": (28.0, -58.0, -130.0), "left": (-42.0, -50.0, -128.0)}
+_AIRWAYS = (((0, -25, 170), (0, -25, 45), 9.0), ((0, -25, 45), (38, -25, 18), 6.5),
+            ((0, -25, 45), (-45, -28, 15), 6.0))
+_VESSEL_TREE = {
+    "aorta": (((10, 30, -15), (12, 32, 65), 14.0), ((12, 32, 65), (-18, 0, 82), 13.0),
+              ((-18, 0, 82), (-28, -50, 68), 12.0), ((-28, -50, 68), (-24, -48, -170), 12.0)),
+    "pulmonary artery": (((-8, 42, -5), (-12, 20, 30), 13.0), ((-12, 20, 30), (45, -12, 25), 10.0),
+                         ((-12, 20, 30), (-50, -8, 35), 10.0)),
+    "superior vena cava": (((32, 18, 170), (32, 18, 5), 9.0),),
+}
+# Segment (capsule) of each vessel that a finding involves: (a, b, radius).
+_VESSEL_SITE = {"superior vena cava": ((32, 18, 40), (32, 18, 95), 9.0),
+                "pulmonary artery": ((-9, 36, 2), (-12, 20, 30), 13.0),
+                "aorta": ((-27, -50, 60), (-26, -49, 10), 12.0)}
+_SPINE_Y, _VERT_R, _LEVEL_MM, _LEVEL_TOP, _RIB_SLOPE = -62.0, 17.0, 24.0, 150.0, 0.45
+
+
+# ----------------------------------------------------------------------------- findings
+
+
+@dataclass(frozen=True)
+class LymphNode:
+    """An enlarged lymph node: station, short- and long-axis diameters (mm), centre (reference mm)."""
+
+    station: str
+    short_axis_mm: int
+    long_axis_mm: int
+    center: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """A round metastasis: long-axis diameter (mm) and centre (reference mm)."""
+
+    size_mm: int
+    center: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Findings:
+    """Ground truth of one case: what is drawn in the volume and stated in the report.
+
+    ``None`` means absent. Centres are reference-frame mm (see module docstring); sizes are physical mm.
+    :meth:`slots` flattens it to the graded VQA slots.
+    """
+
+    case_id: str
+    index: int
+    body_scale: float = 1.0
+    contrast: bool = True
+    # Q1 primary tumour: lobe, long-axis diameter, centre, (mid/long, short/long) axis ratios,
+    # long-axis direction (azimuth, elevation in rad)
+    tumour_lobe: str | None = None
+    tumour_size_mm: int | None = None
+    tumour_center: tuple[float, float, float] | None = None
+    tumour_ratios: tuple[float, float] = (0.8, 0.7)
+    tumour_angles: tuple[float, float] = (0.0, 0.0)
+    # Q2 lymph nodes
+    nodes: tuple[LymphNode, ...] = ()
+    # Q3 pleura: effusion side ("right" | "left" | "bilateral") and size; thickening side
+    effusion_side: str | None = None
+    effusion_size: str | None = None
+    pleural_thickening_side: str | None = None
+    # Q4 metastases to other organs
+    liver_mets: tuple[Lesion, ...] = ()
+    adrenal_met_side: str | None = None
+    adrenal_met_size_mm: int | None = None
+    # Q5 major vessels: one of VESSELS, effect "compression" | "encasement"
+    vessel_involved: str | None = None
+    vessel_effect: str | None = None
+    # Q6 skeleton: "lytic" | "sclerotic" lesion (site "T7 vertebral body" | "right 6th rib"),
+    # degenerative spine (osteophytes at thoracic levels), rib fracture
+    bone_lesion_type: str | None = None
+    bone_lesion_site: str | None = None
+    bone_lesion_size_mm: int | None = None
+    bone_lesion_center: tuple[float, float, float] | None = None
+    degenerative_spine: bool = False
+    degenerative_levels: tuple[int, ...] = ()
+    fracture_site: str | None = None
+    fracture_center: tuple[float, float, float] | None = None
+
+    @property
+    def metastatic_sites(self) -> tuple[str, ...]:
+        """Distant metastatic sites (liver, adrenal, bone): the M of TNM."""
+        sites = (("liver", bool(self.liver_mets)), ("adrenal", self.adrenal_met_side is not None),
+                 ("bone", self.bone_lesion_type is not None))
+        return tuple(name for name, present in sites if present)
+
+    def slots(self) -> dict:
+        """Flat ground-truth slots graded by the VQA step (sizes exact in mm, lists joined by "; ")."""
+        join = lambda items: "; ".join(map(str, items)) or None  # noqa: E731
+        return {
+            "case_id": self.case_id,
+            "tumour_present": self.tumour_lobe is not None,
+            "tumour_lobe": self.tumour_lobe,
+            "tumour_size_mm": self.tumour_size_mm,
+            "nodes_present": bool(self.nodes),
+            "node_stations": join(n.station for n in self.nodes),
+            "node_short_axis_mm": join(n.short_axis_mm for n in self.nodes),
+            "effusion_present": self.effusion_side is not None,
+            "effusion_side": self.effusion_side,
+            "effusion_size": self.effusion_size,
+            "pleural_thickening_present": self.pleural_thickening_side is not None,
+            "pleural_thickening_side": self.pleural_thickening_side,
+            "metastases_present": bool(self.metastatic_sites),
+            "metastatic_sites": join(self.metastatic_sites),
+            "liver_met_count": len(self.liver_mets),
+            "liver_met_size_mm": max((m.size_mm for m in self.liver_mets), default=None),
+            "adrenal_met_side": self.adrenal_met_side,
+            "adrenal_met_size_mm": self.adrenal_met_size_mm,
+            "vessel_involvement_present": self.vessel_involved is not None,
+            "vessel_involved": self.vessel_involved,
+            "vessel_effect": self.vessel_effect,
+            "bone_lesion_present": self.bone_lesion_type is not None,
+            "bone_lesion_type": self.bone_lesion_type,
+            "bone_lesion_site": self.bone_lesion_site,
+            "bone_lesion_size_mm": self.bone_lesion_size_mm,
+            "degenerative_spine": self.degenerative_spine,
+            "fracture_present": self.fracture_site is not None,
+            "fracture_site": self.fracture_site,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Findings":
+        """Inverse of ``dataclasses.asdict`` (as stored in ``findings.json``)."""
+        d = dict(d)
+        d["nodes"] = tuple(LymphNode(**{**n, "center": tuple(n["center"])}) for n in d.get("nodes", ()))
+        d["liver_mets"] = tuple(Lesion(m["size_mm"], tuple(m["center"])) for m in d.get("liver_mets", ()))
+        for key in ("tumour_center", "tumour_ratios", "tumour_angles", "bone_lesion_center",
+                    "fracture_center", "degenerative_levels"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+def _sigmoid(x: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-x)))
+
+
+def _normalised(point, ellipsoid) -> np.ndarray:
+    center, semi = ellipsoid
+    return (np.asarray(point, float) - center) / semi
+
+
+def _lobe_of(side: str, v, w):
+    """Lobe from lung-normalised (v: posterior->anterior, w: inferior->superior) coordinates.
+
+    The oblique fissure runs from posterior-superior to anterior-inferior; the horizontal fissure
+    (right only) splits the upper from the middle lobe.
+    """
+    lower = w < -0.25 - 0.6 * v
+    if side == "right":
+        return np.where(lower, Label.RLL, np.where(w >= 0.15, Label.RUL, Label.RML))
+    return np.where(lower, Label.LLL, Label.LUL)
+
+
+def _tumour_site_ok(point, uvw, side: str, lobe: Label) -> bool:
+    """Whether a reference-frame point lies well inside ``lobe`` (clear of fissures, hilum, heart, liver)."""
+    x, y, _ = point
+    cage = np.hypot(x / _CAGE[0], (y - _CAGE[2]) / _CAGE[1])
+    clear = [np.linalg.norm(_normalised(point, e)) for e in (_HEART, _LIVER, _HILUM[side])]
+    dv, dw = np.meshgrid([-0.1, 0.0, 0.1], [-0.1, 0.0, 0.1])
+    in_lobe = np.all(_lobe_of(side, uvw[1] + dv, uvw[2] + dw) == lobe)
+    return bool(in_lobe and cage < 0.85 and abs(x) > 45 and min(clear) > 1.2)
+
+
+def _sample_in_ellipsoid(rng, ellipsoid, accept, radius: float = 0.75, tries: int = 256):
+    """First of ``tries`` uniform points in the scaled ellipsoid that satisfies ``accept(point, uvw)``."""
+    center, semi = map(np.asarray, ellipsoid)
+    uvw = rng.uniform(-radius, radius, size=(tries, 3))
+    uvw = uvw[np.linalg.norm(uvw, axis=1) <= radius]
+    for p in uvw:
+        point = center + semi * p
+        if accept(point, p):
+            return tuple(float(round(c, 1)) for c in point)
+    raise RuntimeError(f"no valid point in ellipsoid {ellipsoid} after {tries} tries")
+
+
+def _sample_tumour(rng, s: float) -> dict:
+    lobe = LOBES[rng.choice(len(LOBES), p=LOBE_PRIOR)]
+    side = lobe.split()[0]
+    want = LOBE_LABELS[lobe]
+    center = _sample_in_ellipsoid(rng, _LUNG[side], lambda p, uvw: _tumour_site_ok(p, uvw, side, want))
+    size = int(np.clip(round(np.exp(np.log(28.0) + 0.35 * s + 0.3 * rng.standard_normal())), 8, 95))
+    ratios = tuple(float(round(r, 2)) for r in np.sort(rng.uniform(0.6, 0.9, 2))[::-1])
+    angles = (float(round(rng.uniform(0, np.pi), 3)), float(round(rng.uniform(-0.6, 0.6), 3)))
+    return dict(tumour_lobe=lobe, tumour_size_mm=size, tumour_center=center, tumour_ratios=ratios,
+                tumour_angles=angles)
+
+
+def _sample_nodes(rng, s: float, side: str) -> tuple[LymphNode, ...]:
+    n = min(int(rng.poisson(np.exp(-0.2 + 0.8 * s))), 4)
+    names = list(NODE_STATIONS)
+    weight = np.array([{side: 3.0, "midline": 2.0}.get(NODE_STATIONS[k][1], 1.0) for k in names])
+    chosen = rng.choice(len(names), size=n, replace=False, p=weight / weight.sum())
+    nodes = []
+    for k in sorted(chosen):
+        short = int(np.clip(round(12 + 5 * abs(rng.standard_normal()) + 2 * s), 10, 35))
+        center = np.asarray(NODE_STATIONS[names[k]][0]) + rng.uniform(-4, 4, 3)
+        nodes.append(LymphNode(names[k], short, int(round(short * rng.uniform(1.2, 1.6))),
+                               tuple(float(round(c, 1)) for c in center)))
+    return tuple(nodes)
+
+
+def _sample_pleura(rng, s: float, side: str) -> dict:
+    out = {}
+    if rng.random() < _sigmoid(-1.6 + 0.9 * s):
+        other = "left" if side == "right" else "right"
+        out["effusion_side"] = (side, "bilateral", other)[rng.choice(3, p=(0.7, 0.15, 0.15))]
+        grade = np.floor(0.8 + 0.7 * s + rng.normal(0.0, 0.7))
+        out["effusion_size"] = EFFUSION_SIZES[int(np.clip(grade, 0, 2))]
+    if rng.random() < _sigmoid(-2.2 + 0.7 * s):
+        out["pleural_thickening_side"] = side
+    return out
+
+
+def _sample_liver_mets(rng, s: float) -> tuple[Lesion, ...]:
+    if rng.random() >= _sigmoid(-2.4 + 1.0 * s):
+        return ()
+    count = 1 + int(rng.binomial(2, 0.35))
+
+    def accept(p, uvw):
+        return uvw[2] > 0.1 and p[2] > -150 and np.hypot(p[0] / _CAGE[0], (p[1] - _CAGE[2]) / _CAGE[1]) < 0.8
+
+    return tuple(Lesion(int(rng.integers(8, 41)), _sample_in_ellipsoid(rng, _LIVER, accept, radius=0.65))
+                 for _ in range(count))
+
+
+def _rib_point(side: str, rib: int, y: float) -> tuple[float, float, float]:
+    """Reference-frame point in the middle of rib ``rib`` (1..12) of ``side`` at antero-posterior ``y``."""
+    x = _CAGE[0] * np.sqrt(1.035**2 - ((y - _CAGE[2]) / _CAGE[1]) ** 2) * (1 if side == "right" else -1)
+    z = _LEVEL_TOP - _LEVEL_MM * (rib - 0.49) - _RIB_SLOPE * (y + 80.0)
+    return (float(round(x, 1)), float(y), float(round(z, 1)))
+
+
+def _sample_skeleton(rng, s: float, age: float) -> dict:
+    out = {}
+    if rng.random() < _sigmoid(-2.4 + 0.9 * s):
+        out["bone_lesion_type"] = "lytic" if rng.random() < 0.65 else "sclerotic"
+        if rng.random() < 0.6:
+            level = int(rng.integers(3, 13))
+            out["bone_lesion_site"] = f"T{level} vertebral body"
+            out["bone_lesion_size_mm"] = int(rng.integers(8, 25))
+            z = _LEVEL_TOP - _LEVEL_MM * (level - 1 + 0.42)
+            out["bone_lesion_center"] = (float(round(rng.uniform(-3, 3), 1)), _SPINE_Y, float(z))
+        else:
+            side, rib = ("right", "left")[rng.integers(2)], int(rng.integers(3, 11))
+            out["bone_lesion_site"] = f"{side} {_ordinal(rib)} rib"
+            out["bone_lesion_size_mm"] = int(rng.integers(10, 26))
+            out["bone_lesion_center"] = _rib_point(side, rib, -15.0)
+    if rng.random() < _sigmoid((age - 62.0) / 6.0):
+        first = int(rng.integers(3, 9))
+        out["degenerative_spine"], out["degenerative_levels"] = True, tuple(range(first, first + 4))
+    if rng.random() < 0.07:
+        side, rib = ("right", "left")[rng.integers(2)], int(rng.integers(3, 10))
+        out["fracture_site"] = f"{side} {_ordinal(rib)} rib"
+        out["fracture_center"] = _rib_point(side, rib, 10.0)
+    return out
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def make_findings(rng: np.random.Generator, index: int = 0, age: float = 65.0, case_id: str = "") -> Findings:
+    """Sample one case's findings; prevalences rise with a latent disease severity (so findings correlate).
+
+    Args:
+        rng: generator consumed by this call.
+        index: case index stored in the result (selects the volume's noise stream).
+        age: years; degenerative spine changes become likelier with age.
+        case_id: stored as is.
+    """
+    s = float(rng.standard_normal())
+    out: dict = {"body_scale": float(round(rng.uniform(0.9, 1.05), 2)), "contrast": bool(rng.random() < 0.7)}
+    if rng.random() < 0.93:
+        out.update(_sample_tumour(rng, s))
+    side = (out.get("tumour_lobe") or "right").split()[0]
+    out["nodes"] = _sample_nodes(rng, s, side)
+    out.update(_sample_pleura(rng, s, side))
+    out["liver_mets"] = _sample_liver_mets(rng, s)
+    if rng.random() < _sigmoid(-2.8 + 0.9 * s):
+        out["adrenal_met_side"] = ("right", "left")[rng.integers(2)]
+        out["adrenal_met_size_mm"] = int(rng.integers(12, 46))
+    if "tumour_lobe" in out and rng.random() < _sigmoid(-2.3 + 0.8 * s):
+        out["vessel_involved"] = VESSELS[rng.integers(len(VESSELS))]
+        out["vessel_effect"] = "compression" if rng.random() < 0.6 else "encasement"
+    out.update(_sample_skeleton(rng, s, age))
+    return Findings(case_id=case_id, index=index, **out)
+
+
+# ----------------------------------------------------------------------------- phantom
+
+
+class _Grid:
+    """Voxel centres of a (x, y, z) grid in reference-frame mm, as open (broadcastable) axes."""
+
+    def __init__(self, shape, spacing, body_scale: float = 1.0):
+        self.shape = tuple(int(n) for n in shape)
+        self.spacing = np.asarray(spacing, float)
+        fov = np.asarray(self.shape) * self.spacing
+        self.scale = np.minimum(1.0, fov / REF_FOV_MM) * np.array([body_scale, body_scale, 1.0])
+        self.axes = [((np.arange(n) - (n - 1) / 2) * sp / sc).astype(np.float32)
+                     for n, sp, sc in zip(self.shape, self.spacing, self.scale)]
+
+    def open(self, sl=(slice(None),) * 3):
+        x, y, z = (a[s] for a, s in zip(self.axes, sl))
+        return x[:, None, None], y[None, :, None], z[None, None, :]
+
+    def window(self, lo, hi) -> tuple[slice, slice, slice]:
+        """Index slices covering the reference-frame box [lo, hi] (clipped to the grid)."""
+        to_index = lambda p, n, k: p * self.scale[k] / self.spacing[k] + (n - 1) / 2  # noqa: E731
+        return tuple(slice(int(np.clip(np.floor(to_index(lo[k], n, k)), 0, n)),
+                           int(np.clip(np.ceil(to_index(hi[k], n, k)) + 1, 0, n)))
+                     for k, n in enumerate(self.shape))
+
+
+def _ellipsoid(grid: _Grid, center, semi, physical: bool = False, rot=None):
+    """Window and mask of an ellipsoid; ``semi`` in physical mm if ``physical`` else reference mm."""
+    c, semi = np.asarray(center, float), np.asarray(semi, float)
+    scale = grid.scale if physical else np.ones(3)
+    reach = (semi.max() if rot is not None else semi) / scale
+    sl = grid.window(c - reach, c + reach)
+    d = [(a - ck) * sk for a, ck, sk in zip(grid.open(sl), c, scale)]
+    if rot is not None:  # coordinates along the ellipsoid's own axes (columns of rot)
+        d = [rot[0, j] * d[0] + rot[1, j] * d[1] + rot[2, j] * d[2] for j in range(3)]
+    return sl, (d[0] / semi[0]) ** 2 + (d[1] / semi[1]) ** 2 + (d[2] / semi[2]) ** 2 <= 1.0
+
+
+def _capsule(grid: _Grid, a, b, radius: float):
+    """Window and mask of the points within ``radius`` (reference mm) of segment ab."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    sl = grid.window(np.minimum(a, b) - radius, np.maximum(a, b) + radius)
+    x, y, z = grid.open(sl)
+    ab = b - a
+    t = np.clip(((x - a[0]) * ab[0] + (y - a[1]) * ab[1] + (z - a[2]) * ab[2]) / (ab @ ab), 0.0, 1.0)
+    dist2 = (x - a[0] - t * ab[0]) ** 2 + (y - a[1] - t * ab[1]) ** 2 + (z - a[2] - t * ab[2]) ** 2
+    return sl, dist2 <= radius**2
+
+
+def _paint(labels: np.ndarray, window_mask, value: int, only=None, protect=()) -> None:
+    """Set ``labels`` to ``value`` inside the mask (restricted to labels ``only``, never over ``protect``)."""
+    sl, mask = window_mask
+    sub = labels[sl]
+    mask = np.broadcast_to(mask, sub.shape)
+    if only is not None:
+        mask = mask & np.isin(sub, only)
+    if protect:
+        mask = mask & ~np.isin(sub, protect)
+    sub[mask] = value
+
+
+def _paint_body(labels: np.ndarray, g: _Grid) -> np.ndarray:
+    """Fat, body wall and thoracic cavity (z-invariant); returns the normalised cage radius, shape (x, y)."""
+    x, y, z = g.open()
+    x2, y2 = x[:, :, 0], y[:, :, 0]
+    labels[(x2 / 150) ** 2 + (y2 / 106) ** 2 <= 1] = Label.FAT
+    labels[(x2 / 140) ** 2 + (y2 / 96) ** 2 <= 1] = Label.SOFT_TISSUE
+    cage = np.hypot(x2 / _CAGE[0], (y2 - _CAGE[2]) / _CAGE[1])
+    labels[cage < 1] = Label.ABDOMEN
+    labels[:, :, np.searchsorted(g.axes[2], -85.0):][cage < 1] = Label.MEDIASTINAL_FAT  # z is increasing
+    return cage
+
+
+def _paint_lungs(labels: np.ndarray, g: _Grid, cage: np.ndarray) -> None:
+    for side, (center, semi) in _LUNG.items():
+        sl, inside = _ellipsoid(g, center, semi)
+        x, y, z = g.open(sl)
+        v, w = (y - center[1]) / semi[1], (z - center[2]) / semi[2]
+        mediastinum = (x / 30.0) ** 2 + ((y - 5.0) / 62.0) ** 2 <= 1
+        (hx, hy, hz), (ha, hb, hc) = _HILUM[side]
+        hilum = ((x - hx) / ha) ** 2 + ((y - hy) / hb) ** 2 + ((z - hz) / hc) ** 2 <= 1
+        mask = inside & (cage[sl[0], sl[1]][:, :, None] < 0.98) & ~mediastinum & ~hilum
+        sub = labels[sl]
+        sub[mask] = np.broadcast_to(_lobe_of(side, v, w), sub.shape)[mask]
+
+
+def _paint_skeleton(labels: np.ndarray, g: _Grid, cage: np.ndarray) -> None:
+    """Vertebral bodies with discs, posterior elements, sternum and 12 sloping ribs per side."""
+    x, y, z = g.open()
+    x2, y2, z1 = x[:, :, 0], y[:, :, 0], g.axes[2]
+    r = np.hypot(x2, y2 - _SPINE_Y)
+    disc = np.mod(_LEVEL_TOP - z1, _LEVEL_MM) > _LEVEL_MM - 4
+    labels[r <= _VERT_R] = Label.CORTICAL_BONE
+    labels[r <= _VERT_R - 2.5] = Label.VERTEBRA
+    labels[(r <= _VERT_R)[:, :, None] & disc] = Label.DISC
+    canal = np.hypot(x2, y2 + 90)
+    labels[(canal <= 13) & (y2 < -84)] = Label.CORTICAL_BONE
+    labels[(np.abs(x2) < 4) & (y2 < -95) & (y2 > -118)] = Label.CORTICAL_BONE
+    labels[canal <= 8] = Label.SPINAL_CANAL
+    sternum = (np.abs(x2) < 15) & (y2 > 84) & (y2 < 94)
+    labels[:, :, np.searchsorted(z1, -40.0):np.searchsorted(z1, 120.0)][sternum] = Label.CORTICAL_BONE
+    ix, iy = np.nonzero((cage >= 1.0) & (cage <= 1.07) & (y2 < 50) & (np.abs(x2) > 20))
+    q = (_LEVEL_TOP - z1[None, :] - _RIB_SLOPE * (g.axes[1][iy][:, None] + 80.0)) / _LEVEL_MM
+    rib = (q >= 0) & (q < 12) & (np.mod(q, 1.0) > 0.3) & (np.mod(q, 1.0) < 0.72)
+    cols = labels[ix, iy]
+    cols[rib] = Label.CORTICAL_BONE
+    labels[ix, iy] = cols
+
+
+def _paint_organs(labels: np.ndarray, g: _Grid) -> None:
+    _paint(labels, _ellipsoid(g, *_HEART), Label.HEART)
+    _paint(labels, _ellipsoid(g, _HEART[0], np.asarray(_HEART[1]) * 0.75), Label.BLOOD_POOL)
+    cavity = (Label.ABDOMEN, Label.MEDIASTINAL_FAT) + LUNG_LABELS
+    _paint(labels, _ellipsoid(g, *_LIVER), Label.LIVER, only=cavity)
+    for center in _ADRENAL.values():
+        _paint(labels, _ellipsoid(g, center, (5.0, 12.0, 16.0)), Label.ADRENAL)
+    _paint(labels, _capsule(g, (-8, -40, 170), (-8, -40, -120), 7.0), Label.ESOPHAGUS)
+    for segments in _VESSEL_TREE.values():
+        for a, b, radius in segments:
+            _paint(labels, _capsule(g, a, b, radius), Label.VESSEL)
+    for a, b, radius in _AIRWAYS:
+        _paint(labels, _capsule(g, a, b, radius), Label.AIRWAY)
+
+
+def _rotation(azimuth: float, elevation: float) -> np.ndarray:
+    """Orthonormal frame whose first column points along (azimuth, elevation)."""
+    ce = np.cos(elevation)
+    d = np.array([ce * np.cos(azimuth), ce * np.sin(azimuth), np.sin(elevation)])
+    e2 = np.cross(d, [0.0, 0.0, 1.0]) if abs(d[2]) < 0.9 else np.cross(d, [1.0, 0.0, 0.0])
+    e2 /= np.linalg.norm(e2)
+    return np.stack([d, e2, np.cross(d, e2)], axis=1)
+
+
+def _paint_pleura(labels: np.ndarray, g: _Grid, f: Findings, cage: np.ndarray) -> None:
+    """Effusion fills the dependent (posterior, inferior) hemithorax; thickening lines the chest wall."""
+    # Lowest score inside the lung ellipsoid is 1.7 - sqrt(1.49) = 0.479 (posterior-basal point).
+    reach = {"small": 0.479 + 0.3, "moderate": 0.479 + 0.65, "large": 0.479 + 1.2}
+    for side, (center, semi) in _LUNG.items():
+        sl = g.window(np.asarray(center) - semi, np.asarray(center) + semi)
+        sub = labels[sl]
+        lung = np.isin(sub, [lab for name, lab in LOBE_LABELS.items() if name.startswith(side)])
+        if f.effusion_side in (side, "bilateral"):
+            _, y, z = g.open(sl)
+            dependent = (y - center[1]) / semi[1] + 1 + 0.7 * ((z - center[2]) / semi[2] + 1)
+            sub[lung & (dependent < reach[f.effusion_size])] = Label.EFFUSION
+        if f.pleural_thickening_side == side:
+            sub[lung & (cage[sl[0], sl[1]][:, :, None] > 0.9)] = Label.PLEURAL_THICKENING
+
+
+def _paint_vessel_finding(labels: np.ndarray, g: _Grid, f: Findings) -> None:
+    a, b, radius = _VESSEL_SITE[f.vessel_involved]
+    cuff = _capsule(g, a, b, radius + 10.0)
+    _paint(labels, cuff, Label.VESSEL_INVASION, protect=(Label.AIRWAY,) + BONE_LABELS)
+    lumen = radius * (0.35 if f.vessel_effect == "compression" else 1.0)
+    _paint(labels, _capsule(g, a, b, lumen), Label.VESSEL)
+
+
+def _paint_bones(labels: np.ndarray, g: _Grid, f: Findings) -> None:
+    if f.bone_lesion_type is not None:
+        value = Label.BONE_LYTIC if f.bone_lesion_type == "lytic" else Label.BONE_SCLEROTIC
+        only = BONE_LABELS if "vertebra" in f.bone_lesion_site else None
+        _paint(labels, _ellipsoid(g, f.bone_lesion_center, [f.bone_lesion_size_mm / 2] * 3, physical=True),
+               value, only=only, protect=(Label.AIRWAY,))
+    if f.fracture_site is not None:
+        _paint(labels, _ellipsoid(g, f.fracture_center, (6.0, 6.0, 6.0), physical=True), Label.FRACTURE,
+               only=(Label.CORTICAL_BONE,))
+    for level in f.degenerative_levels:
+        z = _LEVEL_TOP - _LEVEL_MM * level + 2.0
+        for x in (-15.0, 15.0):
+            spur = _ellipsoid(g, (x, _SPINE_Y + 14.0, z), (5.0, 4.0, 4.0), physical=True)
+            _paint(labels, spur, Label.OSTEOPHYTE)
+
+
+def _paint_findings(labels: np.ndarray, g: _Grid, f: Findings, cage: np.ndarray) -> None:
+    _paint_pleura(labels, g, f, cage)
+    if f.vessel_involved is not None:
+        _paint_vessel_finding(labels, g, f)
+    for node in f.nodes:
+        semi = (node.short_axis_mm / 2, node.short_axis_mm / 2, node.long_axis_mm / 2)
+        _paint(labels, _ellipsoid(g, node.center, semi, physical=True), Label.NODE, protect=(Label.AIRWAY,))
+    if f.tumour_lobe is not None:
+        semi = f.tumour_size_mm / 2 * np.array([1.0, *f.tumour_ratios])
+        _paint(labels, _ellipsoid(g, f.tumour_center, semi, physical=True, rot=_rotation(*f.tumour_angles)),
+               Label.TUMOUR, protect=(Label.AIRWAY,) + BONE_LABELS)
+    for met in f.liver_mets:
+        _paint(labels, _ellipsoid(g, met.center, [met.size_mm / 2] * 3, physical=True), Label.LIVER_MET,
+               only=(Label.LIVER,))
+    if f.adrenal_met_side is not None:
+        semi = f.adrenal_met_size_mm / 2 * np.array([0.85, 0.9, 1.0])
+        _paint(labels, _ellipsoid(g, _ADRENAL[f.adrenal_met_side], semi, physical=True), Label.ADRENAL_MET,
+               protect=BONE_LABELS)
+    _paint_bones(labels, g, f)
+
+
+def make_label_map(findings: Findings, shape, spacing) -> np.ndarray:
+    """Tissue labels (:class:`Label`) of one case; deterministic given the findings.
+
+    Args:
+        findings: the case.
+        shape: (x, y, z) voxels.
+        spacing: (x, y, z) mm.
+
+    Returns:
+        np.ndarray, uint8, shape ``shape``, RAS array axes.
+    """
+    g = _Grid(shape, spacing, findings.body_scale)
+    labels = np.zeros(g.shape, np.uint8)
+    cage = _paint_body(labels, g)
+    _paint_lungs(labels, g, cage)
+    _paint_organs(labels, g)
+    _paint_skeleton(labels, g, cage)
+    _paint_findings(labels, g, findings, cage)
+    return labels
+
+
+def make_volume(findings: Findings, shape=(64, 64, 64), spacing=(5.0, 5.0, 5.0), rng=0) -> np.ndarray:
+    """Chest phantom in Hounsfield units with the findings drawn where :class:`Findings` says.
+
+    HU = label value (non-contrast or contrast-enhanced) + smooth tissue texture + white noise
+    (SD ``NOISE_SD_HU``); lungs are denser posteriorly (dependent density), as on supine CT.
+
+    Args:
+        findings: the case (see :func:`make_findings`).
+        shape: (x, y, z) voxels.
+        spacing: (x, y, z) mm.
+        rng: ``np.random.Generator`` or int seed for the noise (the geometry is deterministic);
+            ``None`` draws fresh OS entropy (not reproducible).
+
+    Returns:
+        np.ndarray, int16 HU clipped to [-1024, 3071], shape ``shape``, RAS array axes.
+    """
+    if len(shape) != 3 or len(spacing) != 3 or min(shape) < 1 or min(spacing) <= 0:
+        raise ValueError(f"`shape` and `spacing` need three positive values, got {shape}, {spacing}")
+    rng = np.random.default_rng(rng)
+    labels = make_label_map(findings, shape, spacing)
+    hu, amplitude = (_LUT[0 if not findings.contrast else 1, k][labels] for k in (0, 1))
+    white = rng.standard_normal(labels.shape, dtype=np.float32)
+    texture = ndimage.gaussian_filter(white, 1.0, mode="wrap", truncate=2.0)  # one draw serves both (speed)
+    hu += amplitude * texture * (1.0 / max(float(texture.std()), 1e-6)) + NOISE_SD_HU * white
+    lung = (labels >= Label.RUL) & (labels <= Label.LLL)
+    y_ref = _Grid(shape, spacing, findings.body_scale).open()[1]
+    hu += np.where(lung, np.clip(-25.0 * y_ref / 80.0, -25.0, 25.0), 0.0).astype(np.float32)
+    return np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+
+
+def make_case_volume(cfg: SyntheticCohortConfig, findings: Findings) -> np.ndarray:
+    """The exact volume :func:`write_cohort` writes for ``findings`` (noise stream ``(seed, index, 1)``)."""
+    rng = np.random.default_rng([cfg.seed, findings.index, 1])
+    return make_volume(findings, cfg.shape, cfg.spacing, rng=rng)
+
+
+# ----------------------------------------------------------------------------- clinical + survival truth
+
+
+def make_clinical(rng: np.random.Generator) -> dict:
+    """Age (years), sex ("M" | "F"), smoking (never | former | current) and ECOG performance status (0-2)."""
+    return {"age": int(np.clip(round(rng.normal(66.0, 9.0)), 35, 90)),
+            "sex": "M" if rng.random() < 0.55 else "F",
+            "smoking": SMOKING[rng.choice(3, p=(0.15, 0.45, 0.40))],
+            "ecog": int(rng.choice(3, p=(0.4, 0.45, 0.15)))}
+
+
+def compute_tnm(f: Findings) -> tuple[int, int, int]:
+    """True T (0-4, from tumour size; great-vessel involvement is T4), N (0-3, from node stations
+    relative to the tumour side) and M (0-1, any distant metastasis), AJCC 8th edition simplified."""
+    size = f.tumour_size_mm or 0
+    t = 0 if f.tumour_lobe is None else int(np.searchsorted([30, 50, 70], size, side="left")) + 1
+    t = 4 if f.vessel_involved is not None else t
+    side = (f.tumour_lobe or "right").split()[0]
+    n = 0
+    for node in f.nodes:
+        _, laterality, compartment = NODE_STATIONS[node.station]
+        ipsilateral = laterality in (side, "midline")
+        n = max(n, 3 if not ipsilateral else (1 if compartment == "hilar" else 2))
+    return t, n, int(bool(f.metastatic_sites))
+
+
+def compute_stage(t: int, n: int, m: int) -> int:
+    """Overall stage 1-4 from TNM (simplified AJCC 8th edition grouping)."""
+    if m:
+        return 4
+    if n >= 2 or t == 4 or (t == 3 and n == 1):
+        return 3
+    return 2 if n == 1 or t == 3 else 1
+
+
+def _misstage(rng: np.random.Generator, tnm: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Clinical staging error: T and N each off by one with p = 0.3, M flipped with p = 0.1.
+
+    Noisy enough that stage alone does not recover the imaging signal (clinical-only Cox reaches
+    C ~0.70 at ``clinical_weight=0`` where the oracle reaches ~0.80).
+    """
+    t, n, m = tnm
+    t = int(np.clip(t + rng.choice([-1, 1]), 0, 4)) if rng.random() < 0.3 else t
+    n = int(np.clip(n + rng.choice([-1, 1]), 0, 3)) if rng.random() < 0.3 else n
+    return t, n, 1 - m if rng.random() < 0.1 else m
+
+
+def compute_image_features(f: Findings) -> dict[str, float]:
+    """f(findings): the imaging features of the true log-hazard (keys of ``W_IMAGE``)."""
+    grade = 0 if f.effusion_size is None else 1 + EFFUSION_SIZES.index(f.effusion_size)
+    return {"tumour_cm": (f.tumour_size_mm or 0) / 10.0, "n_stage": float(compute_tnm(f)[1]),
+            "metastatic_sites": float(len(f.metastatic_sites)), "effusion_grade": float(grade),
+            "vessel_involvement": float(f.vessel_involved is not None),
+            "pleural_thickening": float(f.pleural_thickening_side is not None)}
+
+
+def compute_clinical_features(clinical: dict) -> dict[str, float]:
+    """g(clinical): the clinical features of the true log-hazard (keys of ``W_CLINICAL``)."""
+    return {"age_decades": (clinical["age"] - 65.0) / 10.0, "male": float(clinical["sex"] == "M"),
+            "former_smoker": float(clinical["smoking"] == "former"),
+            "current_smoker": float(clinical["smoking"] == "current"), "ecog": float(clinical["ecog"])}
+
+
+def compute_log_hazard(f: Findings, clinical: dict, clinical_weight: float) -> tuple[float, float]:
+    r"""Centred image and clinical parts of the true log-hazard.
+
+    .. math::
+        \eta = \underbrace{w_{img}^\top f - \bar\eta_{img}}_{\text{image}}
+             + \lambda_{clin} \underbrace{(w_{clin}^\top g - \bar\eta_{clin})}_{\text{clinical}}
+
+    Returns:
+        (image part, clinical part times ``clinical_weight``); their sum is ``true_log_hazard``.
+    """
+    image = sum(W_IMAGE[k] * v for k, v in compute_image_features(f).items()) - IMAGE_MEAN
+    clin = sum(W_CLINICAL[k] * v for k, v in compute_clinical_features(clinical).items()) - CLINICAL_MEAN
+    return float(image), float(clinical_weight * clin)
+
+
+def compute_censoring_rate(event_times: np.ndarray, censoring_rate: float) -> float:
+    r"""Rate :math:`\mu` of exponential censoring such that the expected censored fraction is the target.
+
+    .. math::
+        \frac{1}{n}\sum_i P(C_i < T_i) = \frac{1}{n}\sum_i \left(1 - e^{-\mu T_i}\right) = c
+
+    with :math:`c` = ``censoring_rate``, solved by bisection on :math:`\log\mu` (the left side
+    increases with :math:`\mu`).
+
+    >>> mu = compute_censoring_rate(np.array([1.0, 2.0, 4.0]), 0.5)
+    >>> round(float(np.mean(1 - np.exp(-mu * np.array([1.0, 2.0, 4.0])))), 6)
+    0.5
+    """
+    if censoring_rate <= 0:
+        return 0.0
+    lo, hi = -30.0, 30.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if np.mean(-np.expm1(-np.exp(mid) * event_times)) < censoring_rate else (lo, mid)
+    return float(np.exp(0.5 * (lo + hi)))
+
+
+def _weibull_times(log_hazard: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """Inverse-CDF Weibull PH times: S(t) = exp(-(t/sigma)^k e^eta) = U (Bender et al. 2005)."""
+    return WEIBULL_SCALE_MONTHS * (-np.log(uniforms) * np.exp(-log_hazard)) ** (1.0 / WEIBULL_SHAPE)
+
+
+# ----------------------------------------------------------------------------- cohort
+
+
+def _case_names(n_cases: int, validation_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Split and CT-RATE volume stem per case (``train_{k}_a_1`` / ``valid_{k}_a_1``, k from 1)."""
+    if not 0.0 <= validation_fraction <= 1.0:
+        raise ValueError(f"`validation_fraction` must be in [0, 1], got {validation_fraction}")
+    n_val = int(round(validation_fraction * n_cases))
+    is_val = np.zeros(n_cases, bool)
+    is_val[np.random.default_rng([seed, 0x5EED]).permutation(n_cases)[:n_val]] = True
+    splits = ["validation" if v else "train" for v in is_val]
+    counts = {"train": 0, "validation": 0}
+    stems = []
+    for split in splits:
+        counts[split] += 1
+        stems.append(f"{'valid' if split == 'validation' else 'train'}_{counts[split]}_a_1")
+    return splits, stems
+
+
+def volume_relpath(stem: str, compress: bool = True) -> str:
+    """CT-RATE relative path of a volume: ``dataset/train/train_1/train_1_a/train_1_a_1.nii.gz``."""
+    prefix, k = stem.split("_")[:2]
+    folder = "train" if prefix == "train" else "valid"
+    return f"dataset/{folder}/{prefix}_{k}/{prefix}_{k}_a/{stem}.nii{'.gz' if compress else ''}"
+
+
+def make_cohort(cfg: SyntheticCohortConfig) -> tuple[pd.DataFrame, list[Findings]]:
+    """Tables of a synthetic cohort (no volumes, no files): one row per case, and its findings.
+
+    Each case draws from its own streams ``(seed, index, k)`` (k = 0 clinical/findings/staging,
+    1 volume noise, 2 survival, 4 report), so its content and latent event time do not depend on
+    ``n_cases``; its name, split and censoring time do.
+
+    Returns:
+        DataFrame with ``case_id`` (= CT-RATE volume stem), ``volume_name``, ``image`` (relative path),
+        ``split``, clinical covariates (``age, sex, smoking, ecog, t_stage, n_stage, m_stage, stage``),
+        the four CT-RATE report fields and ``report`` (findings + impression), ``log_hazard_image``,
+        ``log_hazard_clinical``, ``true_log_hazard``, ``latent_event_time``, ``time`` (months),
+        ``event`` (1 = death observed); and the :class:`Findings` in the same order.
+    """
+    from ctvl.data.synthetic_reports import make_report
+
+    splits, stems = _case_names(cfg.n_cases, cfg.validation_fraction, cfg.seed)
+    rows, findings = [], []
+    for i, (split, stem) in enumerate(zip(splits, stems)):
+        rng = np.random.default_rng([cfg.seed, i, 0])
+        clinical = make_clinical(rng)
+        f = make_findings(rng, i, clinical["age"], case_id=stem)
+        t, n, m = _misstage(rng, compute_tnm(f))
+        image, clin = (round(v, 6) for v in compute_log_hazard(f, clinical, cfg.clinical_weight))
+        report = make_report(f, np.random.default_rng([cfg.seed, i, 4]), slice_thickness_mm=cfg.spacing[2])
+        rows.append({"case_id": stem, "volume_name": f"{stem}.nii{'.gz' if cfg.compress else ''}",
+                     "image": volume_relpath(stem, cfg.compress),
+                     "split": split, **clinical, "t_stage": t, "n_stage": n, "m_stage": m,
+                     "stage": compute_stage(t, n, m), **report,
+                     "report": f"{report['Findings_EN']} {report['Impressions_EN']}",
+                     "log_hazard_image": image, "log_hazard_clinical": clin,
+                     "true_log_hazard": round(image + clin, 6)})
+        findings.append(f)
+    df = pd.DataFrame(rows)
+    _add_survival(df, cfg)
+    return df, findings
+
+
+def _add_survival(df: pd.DataFrame, cfg: SyntheticCohortConfig) -> None:
+    """Weibull PH event times and independent exponential censoring calibrated to ``censoring_rate``."""
+    draws = np.array([np.random.default_rng([cfg.seed, i, 2]).random(2) for i in range(len(df))])
+    uniforms, censor_unit = 1.0 - draws[:, 0], -np.log1p(-draws[:, 1])  # U in (0, 1]; Exp(1)
+    latent = _weibull_times(df["true_log_hazard"].to_numpy(), uniforms)
+    mu = compute_censoring_rate(latent, cfg.censoring_rate)
+    censor = censor_unit / mu if mu > 0 else np.full(len(df), np.inf)
+    df["latent_event_time"] = latent
+    df["time"] = np.maximum(np.round(np.minimum(latent, censor), 3), 1e-3)
+    df["event"] = (latent <= censor).astype(int)
+
+
+def oracle_c_index(df: pd.DataFrame, risk: str = "true_log_hazard") -> float:
+    """Harrell's C of the true log-hazard: the best C-index any model can expect on this cohort.
+
+    Uses lifelines' ``concordance_index`` (which expects predicted times, hence ``-risk``).
+
+    Args:
+        df: table with ``time``, ``event`` and the ``risk`` column (e.g. from :func:`make_cohort`).
+        risk: column holding a log-hazard (higher = earlier death).
+    """
+    missing = {"time", "event", risk} - set(df.columns)
+    if missing:
+        raise ValueError(f"oracle_c_index: table lacks column(s) {sorted(missing)}")
+    # TODO(#foundation): switch to ctvl.survival.metrics once it lands (same value, O(n log n)).
+    try:
+        from lifelines.utils import concordance_index
+    except ImportError as err:  # lifelines is an optional dependency (extra "survival-refs")
+        raise ImportError("oracle_c_index needs lifelines: pip install 'ctvl[survival-refs]'") from err
+
+    return float(concordance_index(df["time"], -df[risk], df["event"]))
+
+
+# ----------------------------------------------------------------------------- files
+
+MANIFEST_COLUMNS = ("case_id", "image", "report", "age", "sex", "smoking", "ecog", "t_stage", "n_stage",
+                    "m_stage", "stage", "time", "event", "split", "true_log_hazard", "log_hazard_image",
+                    "log_hazard_clinical", "latent_event_time", "volume_name")
+REPORT_COLUMNS = ("VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN")
+METADATA_COLUMNS = ("VolumeName", "XYSpacing", "ZSpacing", "RescaleSlope", "RescaleIntercept", "PatientAge",
+                    "PatientSex")
+RAW_OFFSET = 1024
+"""CT stored values = HU + 1024 (DICOM RescaleIntercept -1024, slope 1), as in the "original" release."""
+
+
+@dataclass(frozen=True)
+class CohortPaths:
+    """Everything :func:`write_cohort` wrote; paths are absolute."""
+
+    root: Path
+    manifest: Path
+    findings_json: Path
+    findings_csv: Path
+    train_reports: Path
+    validation_reports: Path
+    train_metadata: Path
+    validation_metadata: Path
+    config: Path
+
+
+def _nifti_bytes(volume: np.ndarray, spacing, release: str, compress: bool) -> bytes:
+    """NIfTI-1 file content: RAS diagonal affine (sform and qform, code 1 = scanner).
+
+    "fixed": HU with slope 1 / intercept 0 and the true spacing. "original": stored values
+    (HU + 1024) with no rescale in the header and unit spacing, so that slope/intercept and spacing
+    must come from the metadata CSV (as with CT-RATE's first release).
+    """
+    import gzip
+
+    import nibabel as nib
+
+    if release == "fixed":  # world origin at the FOV centre, like the phantom's reference frame
+        affine = np.diag([*map(float, spacing), 1.0])
+        affine[:3, 3] = -(np.asarray(volume.shape) - 1) / 2 * np.asarray(spacing, float)
+        data = volume
+    else:
+        data, affine = (volume.astype(np.int32) + RAW_OFFSET).astype(np.int16), np.eye(4)
+    img = nib.Nifti1Image(data, affine)
+    img.set_sform(affine, code=1)
+    img.set_qform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")  # scl_slope stays NaN: no scaling in the header
+    raw = img.to_bytes()
+    # Level 1: noisy int16 CT compresses to ~58 % at any level, and level 1 is 3x faster than 6.
+    return gzip.compress(raw, compresslevel=1, mtime=0) if compress else raw
+
+
+def _metadata(df: pd.DataFrame, spacing) -> pd.DataFrame:
+    return pd.DataFrame({"VolumeName": df["volume_name"],
+                         "XYSpacing": f"[{float(spacing[0])}, {float(spacing[1])}]",
+                         "ZSpacing": float(spacing[2]), "RescaleSlope": 1.0,
+                         "RescaleIntercept": -float(RAW_OFFSET),
+                         "PatientAge": df["age"].map(lambda a: f"{int(a):03d}Y"), "PatientSex": df["sex"]})
+
+
+def write_cohort(cfg: SyntheticCohortConfig, out_dir: str | Path,
+                 release: Literal["fixed", "original"] = "fixed") -> CohortPaths:
+    """Write volumes, reports, metadata, a survival manifest and the ground-truth findings.
+
+    Layout under ``out_dir``::
+
+        dataset/{train,valid}/train_1/train_1_a/train_1_a_1.nii.gz   volumes (RAS, int16)
+        radiology_text_reports/{train,validation}_reports.csv         VolumeName + 4 text fields
+        metadata/{train,validation}_metadata.csv                      spacing, rescale, age, sex
+        manifest.csv     case_id, image (relative), report, clinical, time, event, split, true_log_hazard
+        findings.json    list of Findings (dataclasses.asdict); reload with load_findings
+        findings.csv     flat ground-truth slots (Findings.slots) + split
+        cohort.yaml      the resolved config
+
+    The metadata always lists the DICOM rescale (slope 1, intercept -1024), as CT-RATE does.
+    ``release="fixed"``: voxels are HU and the header carries the spacing, so a reader must *not*
+    apply the metadata rescale. ``release="original"``: voxels are stored values (HU + 1024) with no
+    header rescale and unit spacing; the reader must apply slope/intercept and spacing from the metadata
+    exactly once. Files are a deterministic function of ``(cfg, release)``.
+    """
+    from ctvl.config import save_config
+
+    if release not in ("fixed", "original"):
+        raise ValueError(f"`release` must be 'fixed' or 'original', got {release!r}")
+    root = Path(out_dir).resolve()
+    df, findings = make_cohort(cfg)
+    for f, rel in zip(findings, df["image"]):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_nifti_bytes(make_case_volume(cfg, f), cfg.spacing, release, cfg.compress))
+    tables = {f"{split}_{kind}": root / folder / f"{split}_{kind}.csv" for split in ("train", "validation")
+              for kind, folder in (("reports", "radiology_text_reports"), ("metadata", "metadata"))}
+    paths = CohortPaths(root=root, manifest=root / "manifest.csv", findings_json=root / "findings.json",
+                        findings_csv=root / "findings.csv", config=root / "cohort.yaml", **tables)
+    df = df.assign(VolumeName=df["volume_name"])
+    for split in ("train", "validation"):
+        part = df[df["split"] == split]
+        for path, table in ((getattr(paths, f"{split}_reports"), part[list(REPORT_COLUMNS)]),
+                            (getattr(paths, f"{split}_metadata"), _metadata(part, cfg.spacing))):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(path, index=False)
+    df[list(MANIFEST_COLUMNS)].to_csv(paths.manifest, index=False)
+    paths.findings_json.write_text(json.dumps([dataclasses.asdict(f) for f in findings], indent=1))
+    slots = pd.DataFrame([f.slots() for f in findings]).assign(split=df["split"].to_numpy())
+    for col in ("tumour_size_mm", "liver_met_size_mm", "adrenal_met_size_mm", "bone_lesion_size_mm"):
+        slots[col] = slots[col].astype("Int64")
+    slots.to_csv(paths.findings_csv, index=False)
+    save_config(cfg, paths.config)
+    log.info("wrote %d synthetic cases (%s release) to %s", len(df), release, root)
+    return paths
+
+
+def load_findings(path: str | Path) -> list[Findings]:
+    """Read ``findings.json`` written by :func:`write_cohort`."""
+    return [Findings.from_dict(d) for d in json.loads(Path(path).read_text())]

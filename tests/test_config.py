@@ -7,15 +7,24 @@ import pytest
 from ctvl.config import (
     CTVLConfig,
     PreprocessConfig,
+    RunConfig,
     SyntheticCohortConfig,
     config_hash,
     from_dict,
     load_config,
     save_config,
 )
+from ctvl.vqa.config import ClinicalTextConfig, QuestionSet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-SCHEMA = {"preprocess": PreprocessConfig, "synthetic": SyntheticCohortConfig, "model": CTVLConfig}
+SCHEMA = {
+    "preprocess": PreprocessConfig,
+    "synthetic": SyntheticCohortConfig,
+    "model": CTVLConfig,
+    "train": RunConfig,
+    "vqa": QuestionSet,
+    "clinical": ClinicalTextConfig,
+}
 
 
 @pytest.mark.parametrize("path", sorted(p for d in SCHEMA for p in (CONFIGS / d).glob("*.yaml")), ids=str)

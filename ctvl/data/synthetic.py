@@ -875,9 +875,10 @@ def oracle_c_index(df: pd.DataFrame, risk: str = "true_log_hazard") -> float:
 
 # ----------------------------------------------------------------------------- files
 
-MANIFEST_COLUMNS = ("case_id", "image", "report", "age", "sex", "smoking", "ecog", "t_stage", "n_stage",
-                    "m_stage", "stage", "time", "event", "split", "true_log_hazard", "log_hazard_image",
-                    "log_hazard_clinical", "latent_event_time", "volume_name")
+MANIFEST_COLUMNS = ("case_id", "image", "report", "Findings_EN", "Impressions_EN", "age", "sex", "smoking", "ecog",
+                    "t_stage", "n_stage", "m_stage", "stage", "time", "event", "split", "true_log_hazard",
+                    "log_hazard_image", "log_hazard_clinical", "latent_event_time", "volume_name")
+"""Manifest columns; the report sections are kept apart too so ``ctvl build-vqa`` reads the manifest directly."""
 REPORT_COLUMNS = ("VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN")
 METADATA_COLUMNS = ("VolumeName", "XYSpacing", "ZSpacing", "RescaleSlope", "RescaleIntercept", "PatientAge",
                     "PatientSex")

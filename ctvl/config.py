@@ -140,8 +140,9 @@ class SurvivalConfig:
     """Dropout inside the residual adapter."""
     head_hidden: tuple[int, ...] = ()
     """Hidden widths of the head MLP; empty = a single linear layer."""
-    pooling: Literal["last", "mean_answer", "mean_all"] = "last"
-    """Which decoder hidden state feeds the adapter: last non-padding token, mean over answer tokens, or mean over all tokens."""
+    pooling: Literal["last_prompt", "last", "mean_answer", "mean_all"] = "last_prompt"
+    """Which decoder hidden state feeds the adapter: the last prompt token (before the answer; the same state
+    at training and inference), the last non-padding token, the mean over answer tokens, or over all tokens."""
     dispersion_weight: float = 1.0
     """Weight of the dispersion loss inside alpha * (...)."""
     dispersion_tau: float = 1.0

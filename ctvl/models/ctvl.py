@@ -154,13 +154,17 @@ def pool_hidden(
 ) -> torch.Tensor:
     """Hidden states ``(B, L, D)`` -> ``(B, D)`` by ``SurvivalConfig.pooling``.
 
-    ``"last"``: last position with attention 1 (works for left or right padding); ``"mean_all"``: mean over
-    attended positions; ``"mean_answer"``: mean over positions with a label (needs ``labels``).
-    Training sequences end with the answer and ``</s>``: predict risks on the same layout (prompt + answer
-    + ``</s>``, e.g. the generated answer), not on the bare prompt, or ``"last"`` reads another position.
+    ``"last_prompt"`` (default): the last prompt position (attention 1 and, when ``labels`` are given,
+    label -100), i.e. the token before the answer. Under causal attention it never sees the answer, so
+    training (prompt + answer) and inference (prompt only) read the same state, and the risk of a
+    question needs no generated answer. ``"last"``: last position with attention 1 (the ``</s>`` after
+    the answer in training: predict on the same layout). ``"mean_all"``: mean over attended positions;
+    ``"mean_answer"``: mean over positions with a label (needs ``labels``). Left or right padding.
     """
     mask = attention_mask.bool()
-    if pooling == "last":
+    if pooling in ("last", "last_prompt"):
+        if pooling == "last_prompt" and labels is not None:
+            mask = mask & (labels == IGNORE_INDEX)
         positions = torch.arange(mask.shape[1], device=mask.device)
         last = (positions * mask).argmax(dim=1)  # (B,)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
@@ -171,7 +175,7 @@ def pool_hidden(
         if not bool(mask.any(dim=1).all()):
             raise ValueError("survival.pooling='mean_answer': a sample has no answer tokens")
     elif pooling != "mean_all":
-        raise ValueError(f"survival.pooling must be last/mean_answer/mean_all, got {pooling!r}")
+        raise ValueError(f"survival.pooling must be last_prompt/last/mean_answer/mean_all, got {pooling!r}")
     weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 

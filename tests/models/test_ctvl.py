@@ -169,13 +169,29 @@ def test_precomputed_features_match_images(tok):
         torch.testing.assert_close(out.risk, ref.risk)
 
 
-@pytest.mark.parametrize("pooling", ["last", "mean_answer", "mean_all"])
+@pytest.mark.parametrize("pooling", ["last_prompt", "last", "mean_answer", "mean_all"])
 def test_hidden_pooling(pooling):
     hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     labels = torch.tensor([[IGNORE_INDEX, 5, 6, IGNORE_INDEX], [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 7]])
-    expected = {"last": [2.0, 7.0], "mean_answer": [1.5, 7.0], "mean_all": [1.0, 5.5]}[pooling]
+    expected = {"last_prompt": [0.0, 6.0], "last": [2.0, 7.0], "mean_answer": [1.5, 7.0], "mean_all": [1.0, 5.5]}[pooling]
     assert pool_hidden(hidden, mask, labels, pooling)[:, 0].tolist() == expected
+
+
+def test_last_prompt_risk_does_not_depend_on_the_answer(tok):
+    """Training (prompt + answer, labels) and inference (prompt only) read the same hidden state."""
+    model = build(tok, tiny_config(pooling="last_prompt")).eval()
+    fmap = torch.randn(1, model.vision.out_channels, 2, 2, 2)
+    from ctvl.data.prompts import build_example
+    from ctvl.models.projector import num_image_tokens
+
+    k = num_image_tokens(model.cfg.projector, fmap.shape)
+    full = build_example(tok, "Is there an effusion?", "Small left effusion.", "70-year-old male.", k)
+    prompt = build_example(tok, "Is there an effusion?", None, "70-year-old male.", k)
+    with torch.no_grad():
+        a = model(image_features=fmap, **{key: v[None] for key, v in full.items()})
+        b = model(image_features=fmap, input_ids=prompt["input_ids"][None], attention_mask=prompt["attention_mask"][None])
+    torch.testing.assert_close(a.risk, b.risk, rtol=1e-5, atol=1e-6)
 
 
 def test_mean_answer_pooling_needs_labels(tok):

@@ -206,6 +206,9 @@ class LoRAConfig:
     """Dropout on the LoRA branch input."""
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     """Decoder Linear names that receive a LoRA branch (Llama naming)."""
+    adapter_dtype: Literal["float32", "decoder"] = "float32"
+    """dtype of the LoRA matrices: "float32" (peft's default next to bf16 weights) or "decoder" (the decoder's
+    dtype: no per-call casts, 1.4x faster steps at 7B; use with DeepSpeed bf16, which keeps fp32 master weights)."""
 
     def __post_init__(self):
         if self.r < 0:
@@ -226,6 +229,8 @@ class DecoderConfig:
     """Allow custom model/tokenizer code from the model directory (off unless you trust it)."""
     gradient_checkpointing: bool = False
     """Recompute decoder layers in backward to save activation memory."""
+    compile: bool = False
+    """torch.compile each decoder layer (regional compilation: one compile, reused by every layer; GPU)."""
     tokenizer: Optional[str] = None
     """Local tokenizer directory; None = the one in ``path`` (or, for the tiny random decoder, a byte-level BPE trained on the run's texts)."""
     tokenizer_vocab_size: int = 1000

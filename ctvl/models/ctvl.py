@@ -51,6 +51,7 @@ from ctvl.models.decoder import (
     base_model,
     is_peft_model,
     load_decoder,
+    compile_layers,
     load_lora_adapter,
     merge_lora,
     resize_embeddings,
@@ -492,9 +493,11 @@ def assemble_model(
     if getattr(decoder, "generation_config", None) is not None:
         decoder.generation_config.pad_token_id = tokenizer.pad_token_id
     if adapter is not None:
-        decoder = load_lora_adapter(decoder, adapter)
+        decoder = load_lora_adapter(decoder, adapter, cfg.lora.adapter_dtype)
     elif new_lora:
         decoder = apply_lora(decoder, cfg.lora)
+    if cfg.decoder.compile:
+        compile_layers(decoder)
     dim = base_model(decoder).config.hidden_size
     projector = build_projector(cfg.projector, vision.out_channels, dim)
     return CTVLModel(cfg, vision, projector, decoder, SurvivalBranch(cfg.survival, dim), tokenizer)

@@ -192,16 +192,25 @@ def apply_lora(model: PreTrainedModel, lora_cfg: LoRAConfig) -> nn.Module:
     )
     with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model, peft_cfg)
+        return get_peft_model(model, peft_cfg, autocast_adapter_dtype=lora_cfg.adapter_dtype == "float32")
 
 
-def load_lora_adapter(model: PreTrainedModel, adapter_dir: str | Path) -> nn.Module:
+def load_lora_adapter(model: PreTrainedModel, adapter_dir: str | Path, adapter_dtype: str = "float32") -> nn.Module:
     """Wrap ``model`` with a saved peft adapter (``save_pretrained`` output), trainable like a new one."""
     from peft import PeftModel
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True,
+                                         autocast_adapter_dtype=adapter_dtype == "float32")
+
+
+def compile_layers(model: nn.Module) -> None:
+    """``torch.compile`` every decoder layer in place (regional compilation: the layers share one graph)."""
+    layers = base_model(model).get_decoder().layers
+    for layer in layers:
+        layer.compile()
+    logger.info("compiled %d decoder layers", len(layers))
 
 
 def is_peft_model(model: nn.Module) -> bool:

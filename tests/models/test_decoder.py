@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
-from ctvl.config import DecoderConfig, LoRAConfig
+from ctvl.config import DecoderConfig, LoRAConfig, replace
 from ctvl.models.decoder import (
     apply_lora,
     build_tiny_decoder,
@@ -87,6 +87,15 @@ def test_lora_trains_only_adapters_with_the_expected_count():
     assert trainable and all("lora_" in n for n in trainable)
     per_layer = 4 * r * (d + d) + 2 * r * (d + i) + r * (i + d)  # q,k,v,o + gate,up + down
     assert sum(trainable.values()) == layers * per_layer
+
+
+@pytest.mark.parametrize("adapter_dtype, expected", [("float32", torch.float32), ("decoder", torch.bfloat16)])
+def test_lora_adapter_dtype(adapter_dtype, expected):
+    model = apply_lora(load_decoder(replace(TINY, dtype="bfloat16"), vocab_size=96),
+                       LoRAConfig(r=4, alpha=8, adapter_dtype=adapter_dtype))
+    dtypes = {p.dtype for n, p in model.named_parameters() if "lora_" in n}
+    assert dtypes == {expected}
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" not in n} == {torch.bfloat16}
 
 
 def test_rank_zero_means_full_fine_tuning():

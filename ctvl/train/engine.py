@@ -103,7 +103,7 @@ def build_ds_config(cfg: TrainConfig, world: int, base: Optional[dict] = None) -
     ds.setdefault("zero_optimization", {})
     if cfg.deepspeed_config is None or "stage" not in ds["zero_optimization"]:
         ds["zero_optimization"]["stage"] = cfg.zero_stage
-    ds["zero_allow_untested_optimizer"] = True  # ctvl passes torch.optim.AdamW (no op build on CPU)
+    ds["zero_allow_untested_optimizer"] = True  # ctvl passes torch.optim.AdamW (no op build without offload)
     ds["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
     ds["gradient_accumulation_steps"] = cfg.grad_accum_steps
     ds["train_batch_size"] = cfg.global_batch(world)
@@ -117,12 +117,27 @@ def build_ds_config(cfg: TrainConfig, world: int, base: Optional[dict] = None) -
 # ---------------------------------------------------------------- optimisation
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters (the paper: betas (0.9, 0.999))."""
+def offloads_optimizer(ds_config: Optional[dict]) -> bool:
+    """Whether a DeepSpeed config moves optimizer states to the CPU (ZeRO-Offload)."""
+    offload = ((ds_config or {}).get("zero_optimization") or {}).get("offload_optimizer") or {}
+    return offload.get("device", "none") in ("cpu", "nvme")
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, ds_config: Optional[dict] = None) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (the paper: betas (0.9, 0.999)).
+
+    With ZeRO-Offload (``ds_config`` offloads the optimizer) DeepSpeed's ``DeepSpeedCPUAdam`` (AdamW mode),
+    which DeepSpeed requires there; its kernel is compiled on first use. Otherwise ``torch.optim.AdamW``.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters: check set_trainable() for this stage")
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    if offloads_optimizer(ds_config):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
 
 
 def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
@@ -212,7 +227,7 @@ class DeepSpeedEngine:
 
         self.cfg = cfg
         ds_config = build_ds_config(cfg, world_size())
-        optimizer = build_optimizer(model, cfg)
+        optimizer = build_optimizer(model, cfg, ds_config)
         scheduler = build_scheduler(optimizer, cfg)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,

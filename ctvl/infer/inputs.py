@@ -1,0 +1,357 @@
+"""What inference runs on: a manifest, a folder of NIfTI files or a folder of DICOM series -> cases.
+
+* A manifest (``.csv``/``.parquet``/``.pq``, :mod:`ctvl.data.manifest`): ``case_id``, ``image`` and any
+  clinical columns; relative image paths resolve against the manifest's folder.
+* A folder: every ``.nii``/``.nii.gz`` (and ``.nrrd``/``.mha``/``.mhd``) file is a case named after the
+  file without its suffix; every sub-folder holding files is a DICOM series named after the sub-folder.
+  A folder that itself holds the slices of one series is taken as that single series (with a warning).
+
+Duplicate case ids never stop a job: the first is kept, the others are recorded in ``errors.csv``
+(stage ``input``). An input with no case at all raises ``ValueError`` naming it.
+
+Clinical context (:func:`build_contexts`): the sentence of :mod:`ctvl.data.clinical_text`, from a
+clinical table joined on ``case_id`` (or from the manifest's own columns). A case without clinical data
+gets no context line and a warning, never a failure.
+
+The settings of a trained model's run (:func:`load_model_run`: the model, its ``run_config.yaml`` and
+DeepHit cuts; :func:`resolve_questions`, :func:`resolve_preprocess`, :func:`resolve_template`) are shared
+by ``ctvl predict`` and ``ctvl generate``.
+
+Entry points: :func:`resolve_inputs` -> :class:`Inputs`, :func:`build_contexts`, :func:`load_model_run`,
+:func:`iter_volume_batches`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ctvl.config import PreprocessConfig, RunConfig, load_config
+from ctvl.data.io import ITK_SUFFIXES, NIFTI_SUFFIXES
+from ctvl.data.manifest import PARQUET_SUFFIXES, validate_manifest
+from ctvl.utils.errors import ErrorLog
+
+logger = logging.getLogger(__name__)
+
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+INPUT_STAGE = "input"
+
+
+@dataclass
+class Inputs:
+    """Resolved cases.
+
+    Attributes:
+        cases: DataFrame with ``case_id`` and ``image`` (absolute path), unique ids, input order.
+        table: the manifest's rows (all its columns) when the input was a manifest, else None.
+        duplicates: ``(case_id, file)`` of the rows dropped as duplicates.
+    """
+
+    cases: pd.DataFrame
+    table: Optional[pd.DataFrame]
+    duplicates: list[tuple[str, str]]
+
+    def record_duplicates(self, errors: ErrorLog) -> None:
+        for case_id, file in self.duplicates:
+            errors.add(case_id, file, INPUT_STAGE, "duplicate case_id (the first occurrence is used)")
+
+
+def resolve_inputs(inputs: str | os.PathLike | pd.DataFrame) -> Inputs:
+    """A manifest file/DataFrame or a folder -> :class:`Inputs`.
+
+    Raises:
+        ValueError: the path does not exist, the manifest is invalid (other than duplicate ids), or the
+            folder holds no volume.
+    """
+    if isinstance(inputs, pd.DataFrame):
+        return _from_table(inputs, "<DataFrame>", None)
+    path = Path(inputs)
+    if path.is_dir():
+        return _from_folder(path)
+    if not path.is_file():
+        raise ValueError(f"input {str(path)!r} does not exist (give a manifest or a folder of volumes)")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _from_table(pd.read_csv(path, dtype={"case_id": str, "image": str}), str(path), path.parent)
+    if suffix in PARQUET_SUFFIXES:
+        return _from_table(pd.read_parquet(path), str(path), path.parent)
+    if path.name.lower().endswith(VOLUME_SUFFIXES):
+        return _frame([(_case_id(path), str(path.resolve()))], None)
+    raise ValueError(f"{path}: not a manifest (.csv/.parquet), a volume or a folder")
+
+
+def _from_table(df: pd.DataFrame, source: str, base_dir: Optional[Path]) -> Inputs:
+    if "case_id" in df.columns:
+        ids = df["case_id"].astype(str).str.strip()
+        dup = ids.duplicated(keep="first") & df["case_id"].notna()
+        dropped = [(cid, str(img)) for cid, img in zip(ids[dup], df.loc[dup].get("image", ids[dup]))]
+        if dropped:
+            logger.warning("%s: %d duplicate case_id row(s) skipped (first kept), e.g. %s",
+                           source, len(dropped), [d[0] for d in dropped[:3]])
+        df = df.loc[~dup]
+    else:
+        dropped = []
+    table = validate_manifest(df, source=source, base_dir=base_dir)
+    if table.empty:
+        raise ValueError(f"{source}: the manifest has no rows")
+    return Inputs(table[["case_id", "image"]].copy(), table, dropped)
+
+
+def _case_id(path: Path) -> str:
+    name = path.name
+    for suffix in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _has_files(folder: Path) -> bool:
+    return any(p.is_file() and not p.name.startswith(".") for p in folder.iterdir())
+
+
+def _from_folder(folder: Path) -> Inputs:
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    found = []
+    for p in entries:
+        if p.is_dir() and _has_files(p):
+            found.append((p.name, str(p.resolve())))
+        elif p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES):
+            found.append((_case_id(p), str(p.resolve())))
+    other = [p for p in entries if p.is_file() and not p.name.lower().endswith(VOLUME_SUFFIXES)]
+    if not found and other:
+        logger.warning("%s holds %d files but no volume or series folder: reading it as one DICOM series",
+                       folder, len(other))
+        return _frame([(folder.name, str(folder.resolve()))], None)
+    if not found:
+        raise ValueError(
+            f"{folder}: no volumes found (expected {', '.join(VOLUME_SUFFIXES)} files or one sub-folder per "
+            "DICOM series)"
+        )
+    if other:
+        logger.info("%s: ignored %d file(s) that are not volumes, e.g. %s", folder, len(other), other[0].name)
+    return _frame(found, None)
+
+
+def _frame(found: list[tuple[str, str]], table) -> Inputs:
+    seen, rows, dropped = set(), [], []
+    for case_id, image in found:
+        if case_id in seen:
+            dropped.append((case_id, image))
+            continue
+        seen.add(case_id)
+        rows.append((case_id, image))
+    if dropped:
+        logger.warning("%d volume(s) share a case id with an earlier one and are skipped, e.g. %s",
+                       len(dropped), dropped[0][1])
+    return Inputs(pd.DataFrame(rows, columns=["case_id", "image"]), table, dropped)
+
+
+# ---------------------------------------------------------------------------- model run and settings
+
+
+@dataclass
+class ModelRun:
+    """A trained model and what its run saved next to it."""
+
+    model: object
+    run_cfg: Optional[RunConfig]
+    cuts: Optional[np.ndarray]
+    """DeepHit time-bin cut points (``time_bins.json``), None for Cox."""
+    device: torch.device
+
+
+def load_model_run(model_dir: str | os.PathLike, device: Optional[str] = None) -> ModelRun:
+    """``CTVLModel.from_pretrained`` in eval mode on ``device``, plus the run's ``run_config.yaml`` (in
+    ``model_dir`` or its parent) and DeepHit cuts when present.
+
+    ``device`` None: the launcher's ``cuda:$LOCAL_RANK`` when CUDA is available, else the CPU.
+    """
+    from ctvl.models.ctvl import CTVLModel
+
+    model_dir = Path(model_dir)
+    if device is None:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    model = CTVLModel.from_pretrained(model_dir).to(dev).eval()
+    run_cfg = None
+    for candidate in (model_dir / "run_config.yaml", model_dir.parent / "run_config.yaml"):
+        if candidate.is_file():
+            try:
+                run_cfg = load_config(RunConfig, candidate)
+            except (ValueError, TypeError) as err:
+                logger.warning("%s: not a readable run config (%s); using defaults", candidate, err)
+            break
+    cuts = None
+    if (model_dir / "time_bins.json").is_file():
+        cuts = np.asarray(json.loads((model_dir / "time_bins.json").read_text())["cuts"], dtype=np.float64)
+    elif model.cfg.survival.head == "discrete":
+        logger.warning("%s has no time_bins.json: DeepHit survival probabilities cannot be placed in time",
+                       model_dir)
+    return ModelRun(model, run_cfg, cuts, dev)
+
+
+def resolve_questions(questions=None, run_cfg: Optional[RunConfig] = None) -> list[tuple[str, str]]:
+    """``(id, text)`` pairs from a question-set YAML path, a ``QuestionSet``, texts or pairs.
+
+    None: the run's ``data.questions`` file when it exists, else the paper's six built-in questions.
+    """
+    from ctvl.vqa.config import QuestionSet
+    from ctvl.vqa.templates import load_question_set
+
+    if questions is None:
+        path = run_cfg.data.questions if run_cfg is not None else ""
+        questions = load_question_set(path if path and Path(path).is_file() else None)
+    elif isinstance(questions, (str, os.PathLike)):
+        questions = load_question_set(questions)
+    if isinstance(questions, QuestionSet):
+        return [(q.id, q.text) for q in questions.questions]
+    pairs = [(f"q{i + 1}", q) if isinstance(q, str) else (str(q[0]), str(q[1]))
+             for i, q in enumerate(questions)]
+    if not pairs or len({p[0] for p in pairs}) != len(pairs):
+        raise ValueError(f"questions need at least one entry and unique ids, got {[p[0] for p in pairs]}")
+    return pairs
+
+
+def resolve_preprocess(preprocess_cfg: Optional[PreprocessConfig],
+                       run_cfg: Optional[RunConfig]) -> PreprocessConfig:
+    if preprocess_cfg is not None:
+        return preprocess_cfg
+    if run_cfg is not None:
+        return run_cfg.preprocess
+    logger.warning("no preprocessing config given and no run_config.yaml next to the model: "
+                   "Merlin's defaults")
+    return PreprocessConfig()
+
+
+def resolve_template(template, run_cfg: Optional[RunConfig]):
+    if template is not None:
+        return template or None
+    return (run_cfg.data.clinical_template or None) if run_cfg is not None else None
+
+
+# ---------------------------------------------------------------------------- clinical context
+
+
+def load_clinical_table(clinical: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
+    """A clinical table (CSV/Parquet/DataFrame) with a ``case_id`` column, one row per case."""
+    if isinstance(clinical, pd.DataFrame):
+        df, source = clinical, "<clinical DataFrame>"
+    else:
+        path = Path(clinical)
+        if not path.is_file():
+            raise ValueError(f"clinical table {str(path)!r} does not exist")
+        if path.suffix.lower() in PARQUET_SUFFIXES:
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path, dtype={"case_id": str})
+        source = str(path)
+    if "case_id" not in df.columns:
+        raise ValueError(f"{source}: clinical table needs a `case_id` column; found {list(df.columns)}")
+    df = df.assign(case_id=df["case_id"].astype(str).str.strip())
+    dup = df["case_id"].duplicated()
+    if dup.any():
+        logger.warning("%s: %d duplicate case_id row(s) in the clinical table; the first is used", source,
+                       int(dup.sum()))
+    return df.loc[~dup]
+
+
+def build_contexts(case_ids: list[str], template: Optional[str | os.PathLike], *,
+                   clinical: str | os.PathLike | pd.DataFrame | None = None,
+                   table: Optional[pd.DataFrame] = None) -> dict[str, Optional[str]]:
+    """Clinical-context sentence per case (None = no context line).
+
+    Args:
+        case_ids: the cases.
+        template: clinical-text YAML (``configs/clinical/*.yaml``); None = no context for any case.
+        clinical: table joined on ``case_id``; when None, the manifest's own columns (``table``) are used.
+        table: the manifest rows (``Inputs.table``).
+
+    Returns:
+        dict case_id -> sentence or None. Cases without clinical data (absent from the table or with every
+        template value missing) get None, and one warning lists them.
+    """
+    if template is None:
+        return {cid: None for cid in case_ids}
+    from ctvl.data.clinical_text import build_clinical_texts, load_clinical_template
+
+    cfg = load_clinical_template(template)
+    source = load_clinical_table(clinical) if clinical is not None else table
+    if source is None:
+        logger.warning("clinical template %s given but no clinical table (and the input is not a manifest): "
+                       "prompts have no context line", template)
+        return {cid: None for cid in case_ids}
+    frame = pd.DataFrame({"case_id": [str(c) for c in case_ids]})
+    frame = frame.merge(source, on="case_id", how="left", indicator="_found", suffixes=("", "_clinical"))
+    texts = build_clinical_texts(frame, cfg)
+    contexts = {cid: (text if found == "both" and text else None)
+                for cid, text, found in zip(frame["case_id"], texts, frame["_found"])}
+    missing = [cid for cid, text in contexts.items() if text is None]
+    if missing:
+        logger.warning("%d case(s) have no clinical data and get no context sentence, e.g. %s",
+                       len(missing), missing[:5])
+    return contexts
+
+
+# ---------------------------------------------------------------------------- streaming volumes
+
+
+class VolumeDataset:
+    """Cases -> preprocessed volumes, for a ``torch.utils.data.DataLoader`` with worker processes.
+
+    ``__getitem__`` never raises: a volume that cannot be read or preprocessed comes back with
+    ``image=None`` and ``error=(stage, reason)``, so one bad file never stops a job.
+
+    Args:
+        cases: ``(case_id, image path)`` pairs.
+        cfg: the preprocessing config (:class:`ctvl.config.PreprocessConfig`).
+    """
+
+    def __init__(self, cases: list[tuple[str, str]], cfg):
+        self.cases, self.cfg = list(cases), cfg
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, i: int) -> dict:
+        """``{"case_id", "file", "image": float32 (1, x, y, z) or None, "error": None or (stage, why)}``."""
+        from ctvl.data.transforms import load_and_preprocess
+
+        case_id, file = self.cases[i]
+        item = {"case_id": case_id, "file": file, "image": None, "error": None}
+        if not os.path.exists(file):
+            item["error"] = ("load", f"no such file or folder: {file}")
+            return item
+        try:
+            item["image"] = load_and_preprocess(file, self.cfg)
+        except Exception as exc:  # noqa: BLE001 -- any reader/transform failure is one failed case
+            item["error"] = ("load", f"{type(exc).__name__}: {exc}")
+        return item
+
+
+def _as_list(items: list[dict]) -> list[dict]:
+    return items
+
+
+def iter_volume_batches(cases: list[tuple[str, str]], cfg, batch_size: int, workers: int):
+    """Batches (lists of :meth:`VolumeDataset.__getitem__` items) in input order.
+
+    With ``workers > 0``, volumes are read and preprocessed in that many DataLoader worker processes while
+    the model runs on the previous batches (at most ``2 * workers`` batches are prepared ahead).
+    """
+    from torch.utils.data import DataLoader
+
+    if batch_size < 1 or workers < 0:
+        raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
+    if not cases:
+        return iter(())
+    loader = DataLoader(VolumeDataset(cases, cfg), batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=_as_list, prefetch_factor=2 if workers else None)
+    return iter(loader)

@@ -1,0 +1,114 @@
+"""Session fixtures for inference tests: a tiny cohort, a tiny model trained on it (stages 1 and 2, Cox, LoRA)
+and a random-init DeepHit model saved with its time bins.
+
+Fixtures:
+    cohort: :class:`ctvl.demo.DemoData` of 30 synthetic 32^3 volumes (caches, VQA pairs, encoder checkpoint).
+    cox_model: path of the stage-2 model directory (``runs/stage2/model``, ``run_config.yaml`` beside it).
+    deephit_model: path of a random-init DeepHit model directory with ``time_bins.json``.
+    template: the synthetic cohort's clinical-text template.
+    one_torch_thread (autouse): torch runs single-threaded inside these modules.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from ctvl.config import (
+    CTVLConfig,
+    DecoderConfig,
+    LoRAConfig,
+    PreprocessConfig,
+    RunConfig,
+    SurvivalConfig,
+    SyntheticCohortConfig,
+    TrainConfig,
+    VisionConfig,
+    replace,
+)
+from ctvl.demo import CONFIGS, prepare_demo_data
+
+PREPROCESS = PreprocessConfig(spacing=(10.0, 10.0, 10.0), roi_size=(32, 32, 32))
+VISION = VisionConfig(layers=(1, 1, 1, 1), base_width=8)
+TEMPLATE = CONFIGS / "clinical" / "synthetic.yaml"
+
+
+def model_config(encoder_checkpoint: str, head: str = "cox") -> CTVLConfig:
+    return CTVLConfig(
+        vision=replace(VISION, checkpoint=encoder_checkpoint),
+        decoder=DecoderConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                              tokenizer_vocab_size=400),
+        lora=LoRAConfig(r=4, alpha=8, dropout=0.0),
+        survival=SurvivalConfig(head=head, num_bins=6, adapter_hidden=16, adapter_dropout=0.0),
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine every op waits for descheduled
+    OpenMP threads (tens of times slower); restored after each module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def cohort(tmp_path_factory):
+    cfg = SyntheticCohortConfig(n_cases=30, shape=(32, 32, 32), spacing=(10.0, 10.0, 10.0), seed=3)
+    return prepare_demo_data(tmp_path_factory.mktemp("infer_cohort"), cfg, PREPROCESS, VISION, workers=0,
+                             progress=False)
+
+
+def _fit(cohort, model_cfg, out_dir: Path, stage: str, **train):
+    from ctvl.train.loop import fit
+
+    base = dict(out_dir=str(out_dir), micro_batch_size=8, grad_accum_steps=1, lr=3e-3, warmup_steps=1,
+                max_steps=3, log_interval=3, eval_interval=0, save_interval=0, use_deepspeed="no")
+    cfg = RunConfig(model=model_cfg, data=cohort.data_config(max_length=80), preprocess=PREPROCESS,
+                    train=TrainConfig(stage=stage, **{**base, **train}))
+    fit(cfg, progress=False)
+    return out_dir / "model"
+
+
+@pytest.fixture(scope="session")
+def cox_model(cohort, tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("infer_runs")
+    cfg = model_config(str(cohort.encoder_checkpoint))
+    stage1 = _fit(cohort, cfg, runs / "stage1", "vqa")
+    return _fit(cohort, cfg, runs / "stage2", "survival", init_from=str(stage1), lr=1e-2)
+
+
+@pytest.fixture(scope="session")
+def deephit_model(cohort, cox_model, tmp_path_factory) -> Path:
+    """Random-init DeepHit branch on the trained stage-2 decoder; LoRA and survival weights perturbed."""
+    from ctvl.models.ctvl import CTVLModel, SurvivalBranch
+    from ctvl.models.decoder import base_model
+    from ctvl.survival.discretize import TimeDiscretizer
+
+    model = CTVLModel.from_pretrained(cox_model)
+    surv_cfg = replace(model.cfg.survival, head="discrete")
+    torch.manual_seed(0)
+    model.survival = SurvivalBranch(surv_cfg, base_model(model.decoder).config.hidden_size)
+    model.cfg = replace(model.cfg, survival=surv_cfg)
+    with torch.no_grad():  # perturbed weights make answers and risks depend on the prompt and image
+        for name, p in model.named_parameters():
+            if name.startswith("survival.") or "lora_B" in name:
+                p.normal_(0.0, 0.3)
+    out = tmp_path_factory.mktemp("deephit") / "model"
+    model.save_pretrained(out)
+    manifest = pd.read_csv(cohort.manifest)
+    train = manifest[manifest["split"] == "train"]
+    disc = TimeDiscretizer(surv_cfg.num_bins, "quantile")
+    cuts = disc.fit(train["time"].to_numpy(), train["event"].to_numpy()).cuts
+    (out / "time_bins.json").write_text(json.dumps({"cuts": [float(c) for c in cuts]}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def template() -> Path:
+    return TEMPLATE

@@ -12,6 +12,9 @@ Sub-commands:
     import-review  apply a clinician-reviewed review.csv to a build-vqa output
     encode      run the frozen image encoder once over a preprocessed cache (feature cache)
     train       one training stage (1: VQA pre-training, 2: joint survival fine-tuning)
+    predict     risk scores for CT volumes (mean over the six questions), resumable, sharded
+    generate    answers to the six questions per volume + a readable per-case report
+    evaluate    C-indices with CIs, KM/log-rank, calibration, BERTScore, latent map -> report.html
     demo        the main job on the built-in synthetic cohort with tiny models
 """
 
@@ -60,6 +63,11 @@ def _preprocess(args: Namespace) -> int:
         raise SystemExit("give exactly one of --manifest or --ctrate.root")
     ctrate_cfg = _as(CTRateConfig, args.ctrate) if args.ctrate.root else None
     items = load_manifest(args.manifest) if args.manifest else load_ctrate(ctrate_cfg)
+    if ctrate_cfg is not None:  # the manifest later steps (build-vqa, train, predict) read
+        from ctvl.data.manifest import write_manifest
+
+        path = write_manifest(items, Path(args.cache) / f"ctrate_{ctrate_cfg.split}_manifest.csv")
+        log.info("CT-RATE manifest written to %s", path)
     summary = run_preprocess(
         items, Path(args.cache), _as(PreprocessConfig, args.preprocess),
         workers=args.workers, ctrate_cfg=ctrate_cfg,
@@ -111,10 +119,51 @@ def _train(args: Namespace) -> int:
     return 0
 
 
+def _shard(args: Namespace) -> Optional[tuple[int, int]]:
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    return (int(os.environ.get("RANK", 0)), world) if world > 1 else None
+
+
+def _predict(args: Namespace) -> int:
+    from ctvl.infer.predict import run_predict
+
+    summary = run_predict(args.model, args.inputs, Path(args.out), clinical=args.clinical,
+                          clinical_template=args.clinical_template, questions=args.questions,
+                          batch_size=args.batch_size, workers=args.workers, horizons=args.horizons,
+                          shard=_shard(args), resume=not args.restart, save_embeddings=args.save_embeddings)
+    log.info("predicted %d, skipped %d (done), failed %d of %d cases -> %s", summary.n_predicted,
+             summary.n_skipped, summary.n_failed, summary.n_cases, args.out)
+    return summary.exit_code
+
+
+def _generate(args: Namespace) -> int:
+    from ctvl.infer.generate import run_generate
+
+    summary = run_generate(args.model, args.inputs, Path(args.out), clinical=args.clinical,
+                           clinical_template=args.clinical_template, questions=args.questions,
+                           max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+                           temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
+                           workers=args.workers, resume=not args.restart)
+    return summary.exit_code
+
+
+def _evaluate(args: Namespace) -> int:
+    from ctvl.infer.evaluate import run_evaluate
+
+    metrics = run_evaluate(args.predictions, args.manifest, Path(args.out), generated=args.generated,
+                           references=args.references, bertscore_model=args.bertscore_model,
+                           n_bertscore=args.n_bertscore, embeddings=args.embeddings, bootstrap=args.bootstrap,
+                           horizon=args.horizon, split=args.split)
+    log.info("report: %s", Path(args.out) / "report.html")
+    return 0 if metrics else 1
+
+
 def _demo(args: Namespace) -> int:
     from ctvl.demo import run_demo
 
-    return run_demo(Path(args.out), n_cases=args.n_cases, workers=args.workers)
+    return run_demo(Path(args.out), n_cases=args.n_cases, workers=args.workers, encoder_epochs=args.encoder_epochs)
 
 
 def _synth_parser() -> ArgumentParser:
@@ -173,6 +222,8 @@ def _encode_parser() -> ArgumentParser:
 def _train_parser() -> ArgumentParser:
     p = ArgumentParser(description="Train one stage: --train.stage vqa (stage 1) or survival (stage 2).")
     p.add_argument("--config", action=ActionConfigFile)
+    p.add_argument("--local_rank", type=Optional[int], default=None,
+                   help="Set by the deepspeed launcher; ignored (ranks come from the environment).")
     p.add_class_arguments(CTVLConfig, "model")
     p.add_class_arguments(DataConfig, "data")
     p.add_class_arguments(TrainConfig, "train")
@@ -180,10 +231,60 @@ def _train_parser() -> ArgumentParser:
     return p
 
 
+def _inputs_arguments(p: ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="Exported model folder (a training run's model/).")
+    p.add_argument("--inputs", required=True, help="Manifest (CSV/Parquet), folder of NIfTI files, or folder of DICOM series.")
+    p.add_argument("--out", required=True, help="Output file (predict: .csv/.parquet) or folder (generate).")
+    p.add_argument("--clinical", default=None, help="Clinical table joined on case_id (default: the manifest's columns).")
+    p.add_argument("--clinical_template", default=None, help="Clinical sentence template (default: the training run's).")
+    p.add_argument("--questions", default=None, help="Question templates YAML (default: the training run's / the six).")
+    p.add_argument("--batch_size", type=int, default=4, help="Cases per forward pass.")
+    p.add_argument("--workers", type=int, default=2, help="Preprocessing worker processes.")
+    p.add_argument("--restart", action="store_true", help="Ignore finished cases in --out and start over.")
+
+
+def _predict_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Risk scores for CT volumes (mean over the questions), resumable and sharded.")
+    _inputs_arguments(p)
+    p.add_argument("--horizons", type=Optional[list[float]], default=None,
+                   help="DeepHit: times of the survival probabilities (default: every cut).")
+    p.add_argument("--save_embeddings", action="store_true", help="Also write z_surv as <out stem>.z_surv.npy.")
+    return p
+
+
+def _generate_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Answers to the questions per volume (JSONL) and a per-case report.")
+    _inputs_arguments(p)
+    p.add_argument("--max_new_tokens", type=int, default=64, help="Longest answer in tokens.")
+    p.add_argument("--do_sample", action="store_true", help="Sample instead of greedy decoding.")
+    p.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature.")
+    p.add_argument("--top_p", type=float, default=1.0, help="Nucleus sampling mass.")
+    return p
+
+
+def _evaluate_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Survival and language evaluation into report.html and metrics.json.")
+    p.add_argument("--predictions", required=True, help="Output of ctvl predict.")
+    p.add_argument("--manifest", required=True, help="Table with case_id, time, event (and split).")
+    p.add_argument("--out", required=True, help="Output folder.")
+    p.add_argument("--generated", default=None, help="answers.jsonl of ctvl generate (for BERTScore).")
+    p.add_argument("--references", default=None, help="Reference VQA JSONL (build-vqa output).")
+    p.add_argument("--bertscore_model", default=None, help="Local model folder (default: the shipped MiniLM).")
+    p.add_argument("--n_bertscore", type=int, default=500, help="Answer pairs sampled for BERTScore.")
+    p.add_argument("--embeddings", default=None, help="z_surv .npy of ctvl predict --save_embeddings.")
+    p.add_argument("--bootstrap", type=int, default=1000, help="Bootstrap resamples for the 95 % CIs.")
+    p.add_argument("--horizon", type=Optional[float], default=None, help="Calibration time (default: median).")
+    p.add_argument("--split", default=None, help="Evaluate this split only (default: all but train).")
+    return p
+
+
 def _demo_parser() -> ArgumentParser:
     p = ArgumentParser(description="Run the main job on the built-in synthetic cohort with tiny models.")
     p.add_argument("--out", default="demo_out", help="Output folder.")
-    p.add_argument("--n_cases", type=int, default=200, help="Synthetic cohort size.")
+    p.add_argument("--n_cases", type=Optional[int], default=None,
+                   help="Synthetic cohort size (default: configs/synthetic/demo.yaml).")
+    p.add_argument("--encoder_epochs", type=int, default=20,
+                   help="Phenotype pre-training epochs of the tiny encoder (0 = random init).")
     p.add_argument("--workers", type=int, default=2, help="Preprocessing worker processes.")
     return p
 
@@ -195,6 +296,9 @@ COMMANDS: dict[str, tuple[Callable[[], ArgumentParser], Callable[[Namespace], in
     "import-review": (_import_review_parser, _import_review),
     "encode": (_encode_parser, _encode),
     "train": (_train_parser, _train),
+    "predict": (_predict_parser, _predict),
+    "generate": (_generate_parser, _generate),
+    "evaluate": (_evaluate_parser, _evaluate),
     "demo": (_demo_parser, _demo),
 }
 
@@ -221,7 +325,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _, handler = COMMANDS[args.command]
-    return handler(args[args.command])
+    try:
+        return handler(args[args.command])
+    except (ValueError, FileNotFoundError) as err:  # unusable input: a clear message, not a traceback
+        log.error("%s: %s", args.command, err)
+        return 2
 
 
 if __name__ == "__main__":

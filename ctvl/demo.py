@@ -4,8 +4,9 @@ Steps (outputs under ``out``):
 
 1. ``cohort/``      synthetic chest-CT cohort (CT-RATE layout + survival manifest, known truth)
 2. ``cache/images`` Merlin preprocessing (tiny sizes) of every volume
-3. ``encoder/``     a random-init tiny encoder saved in Merlin's checkpoint layout (stands in for
-                    Merlin's weights, which are loaded the same way)
+3. ``encoder/``     the tiny encoder, phenotype-trained on the train split's findings and saved in
+                    Merlin's checkpoint layout: it stands in for Merlin's CT-pretrained weights, which
+                    are loaded the same way
 4. ``cache/features`` frozen-encoder feature cache (``ctvl encode``)
 5. ``vqa/``         question-answer pairs from the reports (rule back-end) + extraction accuracy
 6. ``runs/stage1``  VQA pre-training; ``runs/stage2`` joint survival fine-tuning
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -55,19 +57,32 @@ class DemoData:
                           feature_cache=str(self.feature_cache), **overrides)
 
 
-def save_random_merlin_checkpoint(vision: VisionConfig, path: Path, seed: int = 0) -> Path:
-    """A random-init encoder written in Merlin's checkpoint layout (``encode_image.i3_resnet.*``)."""
-    from ctvl.models.vision3d import MERLIN_IMAGE_PREFIX, build_image_encoder
+def pretrain_demo_encoder(vision: VisionConfig, image_cache: Path, findings_csv: Path, path: Path, *,
+                          epochs: int, seed: int = 0, progress: bool = True) -> Path:
+    """The demo's stand-in for Merlin's weights: the tiny encoder, phenotype-trained on the train split.
+
+    Merlin's encoder learnt from EHR phenotypes and reports; here the labels are the synthetic cohort's
+    findings (train split only, so validation stays unseen). ``epochs=0`` keeps the random init.
+    """
+    import pandas as pd
+
+    from ctvl.data.preprocess import load_cached
+    from ctvl.models.vision3d import build_image_encoder
+    from ctvl.train.encoder_pretrain import pretrain_encoder, save_merlin_checkpoint
 
     torch.manual_seed(seed)
-    encoder = build_image_encoder(replace(vision, checkpoint=None))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({MERLIN_IMAGE_PREFIX + k: v for k, v in encoder.state_dict().items()}, path)
-    return path
+    encoder = build_image_encoder(replace(vision, checkpoint=None, frozen=False))
+    if epochs > 0:
+        labels = pd.read_csv(findings_csv).set_index("case_id")
+        labels = labels[labels["split"] == "train"].drop(columns="split")
+        pretrain_encoder(encoder, lambda c: load_cached(image_cache, c), labels, epochs=epochs, seed=seed,
+                         progress=progress)
+    return save_merlin_checkpoint(encoder, path)
 
 
 def prepare_demo_data(out: Path, cohort: SyntheticCohortConfig, preprocess: PreprocessConfig,
-                      vision: VisionConfig, *, workers: int = 2, progress: bool = True) -> DemoData:
+                      vision: VisionConfig, *, workers: int = 2, encoder_epochs: int = 0,
+                      progress: bool = True) -> DemoData:
     """Steps 1-5 of the module docstring; every step resumes when its outputs exist."""
     from ctvl.data.preprocess import run_preprocess
     from ctvl.data.synthetic import write_cohort
@@ -87,7 +102,8 @@ def prepare_demo_data(out: Path, cohort: SyntheticCohortConfig, preprocess: Prep
         raise RuntimeError(f"{summary.n_failed} synthetic volumes failed to preprocess: see {summary.errors_path}")
     ckpt = out / "encoder" / "merlin_tiny.pt"
     if not ckpt.exists():
-        save_random_merlin_checkpoint(vision, ckpt)
+        pretrain_demo_encoder(vision, out / "cache" / "images", cohort_dir / "findings.csv", ckpt,
+                              epochs=encoder_epochs, progress=progress)
     encoder = load_merlin_image_encoder(ckpt, replace(vision, checkpoint=str(ckpt)))
     run_encode(encoder, out / "cache" / "images", out / "cache" / "features", batch_size=8, progress=progress)
     vqa_cfg = VQAConfig(clinical_template=str(CONFIGS / "clinical" / "synthetic.yaml"))
@@ -113,18 +129,68 @@ def clinical_cox_c_index(manifest: Path, covariates=("age", "ecog", "stage", "t_
     return float(scores["c_index"])
 
 
-def run_demo(out: Path, n_cases: int = 200, workers: int = 2) -> int:
+def predict_and_evaluate(out: Path, model_dir: Path, data: DemoData, n_generate: int = 12) -> tuple[Path, dict]:
+    """Step 7: risks for every case, answers for a few validation cases, the evaluation report."""
+    import pandas as pd
+
+    from ctvl.infer.evaluate import run_evaluate
+    from ctvl.infer.generate import run_generate
+    from ctvl.infer.predict import run_predict
+
+    template = CONFIGS / "clinical" / "synthetic.yaml"
+    predictions = out / "predict" / "predictions.csv"
+    run_predict(model_dir, data.manifest, predictions, clinical_template=template, save_embeddings=True)
+    manifest = pd.read_csv(data.manifest)
+    sample = manifest[manifest["split"] == "validation"].head(n_generate)
+    sample_path = out / "generate" / "cases.csv"
+    sample_path.parent.mkdir(parents=True, exist_ok=True)
+    sample.assign(image=[str(data.manifest.parent / p) for p in sample["image"]]).to_csv(sample_path, index=False)
+    run_generate(model_dir, sample_path, out / "generate", clinical_template=template)
+    metrics = run_evaluate(predictions, data.manifest, out / "evaluate", generated=out / "generate" / "answers.jsonl",
+                           references=data.vqa, embeddings=predictions.with_suffix(".z_surv.npy"), split="validation")
+    return predictions, metrics
+
+
+def _metric(metrics: dict, name: str, fmt: str = ".3f") -> str:
+    """A metric from metrics.json, found at any depth, with its CI when there is one."""
+    stack = [metrics]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if name in node:
+                value = node[name]
+                if isinstance(value, dict) and "value" in value:
+                    ci = value.get("ci")
+                    text = format(value["value"], fmt)
+                    return f"{text} (95% CI {format(ci[0], fmt)}-{format(ci[1], fmt)})" if ci else text
+                return format(value, fmt) if isinstance(value, (int, float)) else str(value)
+            stack.extend(node.values())
+    return "n/a"
+
+
+def _sample_answers(path: Path, n: int = 3) -> list[str]:
+    import json
+
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines()[:n]]
+    return [f"sample answer [{r['case_id']}] {r['question']} -> {r['answer']}" for r in rows]
+
+
+def run_demo(out: Path, n_cases: Optional[int] = None, workers: int = 2, encoder_epochs: int = 20) -> int:
     """The whole demo; prints where everything is and the headline numbers."""
     from ctvl.data.synthetic import oracle_c_index
     from ctvl.train.loop import fit
 
     import pandas as pd
 
-    cohort = replace(load_config(SyntheticCohortConfig, CONFIGS / "synthetic" / "demo.yaml"), n_cases=n_cases)
+    cohort = load_config(SyntheticCohortConfig, CONFIGS / "synthetic" / "demo.yaml")
+    cohort = replace(cohort, n_cases=n_cases or cohort.n_cases)
     stage1 = load_config(RunConfig, CONFIGS / "train" / "stage1_tiny.yaml")
     stage2 = load_config(RunConfig, CONFIGS / "train" / "stage2_tiny.yaml")
     out = Path(out)
-    data = prepare_demo_data(out, cohort, stage1.preprocess, stage1.model.vision, workers=workers)
+    data = prepare_demo_data(out, cohort, stage1.preprocess, stage1.model.vision, workers=workers,
+                             encoder_epochs=encoder_epochs)
     model_cfg: CTVLConfig = replace(stage1.model, vision=replace(stage1.model.vision, checkpoint=str(data.encoder_checkpoint)))
     runs = out / "runs"
     r1 = fit(replace(stage1, model=model_cfg, data=data.data_config(max_length=stage1.data.max_length),
@@ -132,6 +198,7 @@ def run_demo(out: Path, n_cases: int = 200, workers: int = 2) -> int:
     model_cfg2 = replace(stage2.model, vision=model_cfg.vision)
     r2 = fit(replace(stage2, model=model_cfg2, data=data.data_config(max_length=stage2.data.max_length),
                      train=replace(stage2.train, out_dir=str(runs / "stage2"), init_from=str(runs / "stage1" / "model"))))
+    predictions, evaluation = predict_and_evaluate(out, runs / "stage2" / "model", data)
     manifest = pd.read_csv(data.manifest)
     lines = [
         f"VQA extraction slot accuracy (rule back-end vs. ground truth): {data.vqa_accuracy:.3f}",
@@ -139,6 +206,13 @@ def run_demo(out: Path, n_cases: int = 200, workers: int = 2) -> int:
         f"oracle C-index (true log-hazard, validation): {oracle_c_index(manifest[manifest['split'] == 'validation']):.3f}",
         f"model C-index (stage 2, validation, mean risk over the questions): {r2.evals[-1]['val_c_index']:.3f}",
         f"clinical-only CoxPH C-index (validation): {clinical_cox_c_index(data.manifest):.3f}",
+        f"predict (shared-prefix ensemble): validation Harrell C {_metric(evaluation, 'harrell_c')}, "
+        f"Uno C {_metric(evaluation, 'uno_c')}, IBS {_metric(evaluation, 'ibs')}",
+        f"KM high vs low risk (median split): log-rank p = {_metric(evaluation.get('risk_groups', {}), 'p_value', '.2e')}",
+        f"BERTScore F1 of generated answers ({(evaluation.get('bertscore') or {}).get('model', 'n/a')}): "
+        f"{_metric(evaluation.get('bertscore') or {}, 'f1')}",
+        *_sample_answers(out / "generate" / "answers.jsonl"),
+        f"report: {(out / 'evaluate' / 'report.html').resolve()}",
         f"outputs: {out.resolve()}",
     ]
     for line in lines:

@@ -18,9 +18,12 @@ weight gradients, so linear layers cost 2N (forward) + 2N (backward) FLOPs per t
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from ctvl.config import (
@@ -171,6 +174,54 @@ def time_steps(model, inputs: dict, steps: int, warmup: int, device: torch.devic
     return sorted(times)[len(times) // 2], peak
 
 
+def _write_one(args) -> Path:
+    from ctvl.data.ctrate_like import write_volumes
+
+    folder, i, shape = args
+    (folder / f"v{i}").mkdir()
+    return write_volumes(folder / f"v{i}", 1, shape, (0.7, 0.7, 1.0), np.random.default_rng(i))[0]
+
+
+def bench_predict(model, spec, n: int, batch_size: int, workers: int, device: torch.device, tiny: bool) -> None:
+    """Volumes/s of batch inference including preprocessing: CT-RATE-sized .nii.gz files -> Merlin
+    preprocessing in DataLoader workers -> frozen encoder -> six questions on one shared prefix."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor  # zlib and NumPy release the GIL
+
+    from ctvl.config import PreprocessConfig
+    from ctvl.infer.inputs import iter_volume_batches
+    from ctvl.infer.prefix import score_questions
+    from ctvl.models.projector import num_image_tokens
+    from ctvl.models.vision3d import compute_feature_shape
+    from ctvl.vqa.templates import load_question_set
+
+    questions = [q.text for q in load_question_set().questions]
+    shape = (64, 64, 40) if tiny else (512, 512, 300)
+    cfg = PreprocessConfig(roi_size=spec["roi"], spacing=(6.0, 6.0, 6.0) if tiny else (1.5, 1.5, 3.0))
+    n_img = num_image_tokens(model.cfg.projector, compute_feature_shape(spec["roi"]))
+    context = "64 year-old male former smoker lung cancer patient, stage 1, T stage is T4, N stage is N1, M stage is M0."
+    model.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+            files = list(pool.map(_write_one, [(Path(tmp), i, shape) for i in range(n)]))
+        cases = [(f"case{i}", str(f)) for i, f in enumerate(files)]
+        t0, gpu = time.perf_counter(), 0.0
+        for batch in iter_volume_batches(cases, cfg, batch_size, workers):
+            images = torch.stack([torch.from_numpy(item["image"]) for item in batch]).to(device)
+            t1 = time.perf_counter()
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                scores = score_questions(model, questions, [context] * len(batch), num_image_tokens=n_img,
+                                         image=images)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            gpu += time.perf_counter() - t1
+        total = time.perf_counter() - t0
+    print(f"\nbatch inference, {n} volumes {shape} int16 .nii.gz -> roi {spec['roi']}, {workers} preprocessing "
+          f"workers, batch {batch_size}, {len(questions)} questions on a shared prefix:")
+    print(f"  end to end {n / total:.2f} volumes/s ({total:.1f} s); model only {n / gpu:.2f} volumes/s "
+          f"(risk shape {tuple(scores.risk.shape)})")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="tiny architecture (CPU smoke run)")
@@ -184,6 +235,11 @@ def main(argv=None) -> None:
     p.add_argument("--lora-bf16", action="store_true", help="lora.adapter_dtype=decoder (peft's default: float32)")
     p.add_argument("--compile", action="store_true", help="decoder.compile: torch.compile each decoder layer")
     p.add_argument("--profile", action="store_true", help="print a kernel profile of one step per row")
+    p.add_argument("--predict", type=int, default=0, metavar="N",
+                   help="also time batch inference on N CT-RATE-sized volumes (preprocessing included)")
+    p.add_argument("--predict-workers", type=int, default=8)
+    p.add_argument("--predict-batch", type=int, default=4)
+    p.add_argument("--train", choices=["yes", "no"], default="yes", help="run the training-step table")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     size = "tiny" if args.tiny else "7b"
@@ -197,7 +253,7 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     ckpts = {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing]
     kinds = {"features": [False], "volumes": [True], "both": [False, True]}[args.inputs]
-    for checkpointing in ckpts:
+    for checkpointing in ckpts if args.train == "yes" else []:
         torch.manual_seed(0)
         model, spec = build(size, args.lora_r, checkpointing, device, args.lora_bf16, args.compile)
         for with_volumes in kinds:
@@ -218,6 +274,10 @@ def main(argv=None) -> None:
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if args.predict:
+        torch.manual_seed(0)
+        model, spec = build(size, args.lora_r, False, device, args.lora_bf16, args.compile)
+        bench_predict(model, spec, args.predict, args.predict_batch, args.predict_workers, device, args.tiny)
 
 
 if __name__ == "__main__":

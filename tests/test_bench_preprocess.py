@@ -31,7 +31,9 @@ def test_bench_preprocess_quick(capsys):
 def test_bench_volumes_are_ct_like():
     import numpy as np
 
-    vol = _load_script().make_ct_like_volume((64, 64, 40), np.random.default_rng(0))
+    from ctvl.data.ctrate_like import make_ct_like_volume
+
+    vol = make_ct_like_volume((64, 64, 40), np.random.default_rng(0))
     assert vol.dtype == np.int16 and vol.shape == (64, 64, 40)
     fractions = [np.mean(vol < -900), np.mean((vol > -900) & (vol < -500)), np.mean(vol > 500)]
     assert all(f > 0.002 for f in fractions), fractions  # air, lung and bone are all present

@@ -21,7 +21,7 @@ def test_tiny_training_table_and_inference_throughput(capsys):
     rows = re.findall(r"^\| (features|volumes) \| off \| 2 \| ([\d.]+) \| ([\d.]+) \|", out, re.M)
     assert [r[0] for r in rows] == ["features", "volumes"]
     assert all(float(step) > 0 and float(rate) > 0 for _, step, rate in rows)
-    assert re.search(r"end to end [\d.]+ volumes/s .* risk shape \(2, 6\)", out), out
+    assert re.search(r"end to end [\d.]+ volumes/s .*\(risk shape \(2, 6\)\)", out), out
 
 
 def test_model_flops_count_the_lora_step():

@@ -300,14 +300,14 @@ def _resolved_types(cls) -> dict[str, Any]:
 
 def load_config(cls: type[T], path: str | Path) -> T:
     """Read a YAML file into dataclass ``cls``."""
-    with open(path) as fh:
+    with open(path, encoding="utf-8") as fh:
         return from_dict(cls, yaml.safe_load(fh))
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write a dataclass as YAML (the resolved config saved beside every output)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
+    with open(path, "w", encoding="utf-8") as fh:
         yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
 
 

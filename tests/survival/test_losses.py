@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from ctvl.survival import losses
 from ctvl.survival.losses import (
     alignment_loss,
     deephit_loss,
@@ -224,6 +225,109 @@ def test_cox_input_forms_and_validation():
         neg_partial_log_likelihood(log_hz, event, time[:-1])
     with pytest.raises(ValueError, match="log_hz"):
         neg_partial_log_likelihood(log_hz.reshape(-1, 2), event, time)
+
+
+
+# --------------------------------------------------- Cox: the float64 fast path vs the log-space path
+
+
+def log_space_cox(monkeypatch, log_hz, event, time, **kwargs):
+    """The loss and gradient with every input sent down the torch log-space path (its exact reference)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(losses, "_MAX_SHIFTED_SPREAD", -1.0)
+        return loss_and_grad(log_hz, event, time, **kwargs)
+
+
+def loss_and_grad(log_hz, event, time, **kwargs):
+    x = log_hz.clone().requires_grad_()
+    loss = neg_partial_log_likelihood(x, event, time, **kwargs)
+    loss.backward()
+    return loss.detach(), x.grad
+
+
+def many_ties(seed, n, dtype=torch.float64):
+    """Heavy ties (times rounded to 0.1, many events per tied time) and 50 % censoring, as in the bench."""
+    g = torch.Generator().manual_seed(seed)
+    log_hz = torch.randn(n, generator=g, dtype=dtype) * 1.5
+    time = (torch.rand(n, generator=g, dtype=torch.float64) * n / 40).round(decimals=1)
+    return log_hz, torch.rand(n, generator=g) < 0.5, time
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("n,tied", [(300, True), (300, False), (6000, True), (6000, False)])
+def test_cox_fast_path_equals_log_space_path_in_float64(monkeypatch, ties, reduction, n, tied):
+    log_hz, event, time = many_ties(n, n)  # n = 6000 also takes torch's cumsum for the prefix sums
+    if not tied:
+        time = time + torch.rand(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 1e-3
+    assert (time.unique().numel() < n) == tied
+    loss, grad = loss_and_grad(log_hz, event, time, ties=ties, reduction=reduction)
+    ref_loss, ref_grad = log_space_cox(monkeypatch, log_hz, event, time, ties=ties, reduction=reduction)
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-13 * grad.abs().max().item())
+    if reduction == "mean":  # divided by the number of events, not of distinct event times
+        total, _ = loss_and_grad(log_hz, event, time, ties=ties, reduction="sum")
+        assert loss.item() == pytest.approx(total.item() / int(event.sum()), rel=1e-14)
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_cox_fast_path_in_float32_equals_float64_reference(ties):
+    log_hz, event, time = many_ties(3, 400)
+    loss, grad = loss_and_grad(log_hz.float(), event, time, ties=ties)
+    ref = log_hz.clone().requires_grad_()
+    ref_cox(ref, event, time, ties).backward()
+    assert loss.dtype == grad.dtype == torch.float32
+    assert loss.item() == pytest.approx(ref_cox(log_hz, event, time, ties).item(), rel=1e-6)
+    torch.testing.assert_close(grad, ref.grad.float(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+@pytest.mark.parametrize("spread,fast", [(80.0, True), (599.0, True), (601.0, False), (80_000.0, False)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cox_fast_path_up_to_a_spread_of_600_exact_on_both_sides(monkeypatch, ties, spread, fast, dtype):
+    log_hz, event, time = many_ties(4, 60)
+    log_hz = ((log_hz - log_hz.min()) / (log_hz.max() - log_hz.min()) * spread - spread / 2).to(dtype)
+    calls, fast_path = [], losses._cox_shifted
+    monkeypatch.setattr(losses, "_cox_shifted", lambda *args: calls.append(1) or fast_path(*args))
+    loss, grad = loss_and_grad(log_hz, event, time, ties=ties)
+    assert bool(calls) == fast
+    ref = log_hz.double().requires_grad_()  # float64 reference on the same (rounded) values
+    ref_loss = ref_cox(ref, event, time, ties)
+    ref_loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(grad).all() and grad.dtype == dtype
+    rel = 1e-12 if dtype == torch.float64 else 1e-6
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=rel)
+    torch.testing.assert_close(grad.double(), ref.grad, rtol=rel * 100, atol=rel * 1e-2)
+
+
+def test_cox_fast_path_edge_cases():
+    log_hz, event, time = many_ties(5, 50)
+    x = log_hz.clone().requires_grad_()
+    with torch.no_grad():  # no graph, same value
+        value = neg_partial_log_likelihood(x, event, time)
+    assert not value.requires_grad
+    assert value.item() == neg_partial_log_likelihood(log_hz, event, time).item()
+    for nan_or_inf in (math.nan, math.inf):  # not finite: the log-space path, as before
+        bad = log_hz.clone()
+        bad[3] = nan_or_inf
+        assert not torch.isfinite(neg_partial_log_likelihood(bad, event, time))
+    nan = torch.full((50,), math.nan, requires_grad=True)
+    zero = neg_partial_log_likelihood(nan, torch.zeros(50, dtype=torch.bool), time)  # no events: +0, any h
+    zero.backward()
+    assert zero.item() == 0.0 and math.copysign(1.0, zero.item()) == 1.0
+    assert torch.equal(nan.grad, torch.zeros(50))
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_cox_second_derivatives_and_torch_func(ties):
+    log_hz, event, time = many_ties(6, 25)
+    hessian = torch.autograd.functional.hessian
+    fast = hessian(lambda h: neg_partial_log_likelihood(h, event, time, ties), log_hz)
+    exact = hessian(lambda h: ref_cox(h, event, time, ties), log_hz)
+    torch.testing.assert_close(fast, exact, rtol=1e-10, atol=1e-13)
+    grad = torch.func.grad(lambda h: neg_partial_log_likelihood(h, event, time, ties))(log_hz)
+    _, fast_grad = loss_and_grad(log_hz, event, time, ties=ties)
+    torch.testing.assert_close(grad, fast_grad, rtol=1e-10, atol=1e-13)
 
 
 # ------------------------------------------------------------------------------------ DeepHit

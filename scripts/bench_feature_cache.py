@@ -38,10 +38,17 @@ def epoch_time(cfg: RunConfig, out: Path, use_cache: bool) -> tuple[float, int]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n-cases", type=int, default=None, help="cohort size (default: the demo's)")
+    p.add_argument("--encoder-layers", type=int, nargs=4, default=None,
+                   help="encoder blocks per stage (default: the demo's tiny 1 1 1 1; Merlin: 3 8 36 3)")
+    p.add_argument("--encoder-width", type=int, default=None, help="encoder base width (Merlin: 64)")
     args = p.parse_args(argv)
     cohort = load_config(SyntheticCohortConfig, CONFIGS / "synthetic" / "demo.yaml")
     cohort = replace(cohort, n_cases=args.n_cases or cohort.n_cases)
     stage2 = load_config(RunConfig, CONFIGS / "train" / "stage2_tiny.yaml")
+    vision = stage2.model.vision
+    vision = replace(vision, layers=tuple(args.encoder_layers or vision.layers),
+                     base_width=args.encoder_width or vision.base_width)
+    stage2 = replace(stage2, model=replace(stage2.model, vision=vision))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = prepare_demo_data(tmp / "demo", cohort, stage2.preprocess, stage2.model.vision, workers=2,
@@ -62,7 +69,8 @@ def main(argv=None) -> None:
         epoch_time(cfg, tmp / "warm-up", True)  # first fit in a process pays one-off initialisation
         encoded, n = epoch_time(cfg, tmp / "encoded", False)
         cached, _ = epoch_time(cfg, tmp / "cached", True)
-    print(f"stage-2 epoch on {cohort.n_cases} cases ({n} steps of {stage2.train.micro_batch_size} pairs):")
+    print(f"stage-2 epoch on {cohort.n_cases} cases ({n} steps of {stage2.train.micro_batch_size} pairs), "
+          f"encoder layers {vision.layers} width {vision.base_width}, roi {stage2.preprocess.roi_size}:")
     print(f"  encoder in every step : {encoded:8.1f} s")
     print(f"  feature cache         : {cached:8.1f} s")
     print(f"  speed-up with the cache: {encoded / cached:.1f}x (one-off ctvl encode: {encode:.1f} s)")

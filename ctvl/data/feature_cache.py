@@ -20,10 +20,13 @@ import csv
 import functools
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 INDEX = "features.csv"
 COLUMNS = ("case_id", "key", "path", "shape", "encoder", "image_key")
@@ -53,13 +56,27 @@ def write_index(cache_dir: str | os.PathLike, rows: dict[str, dict]) -> None:
 
 
 def save_feature(cache_dir: str | os.PathLike, key: str, array: np.ndarray) -> str:
-    """Write one ``(C, x, y, z)`` map as float16 atomically; returns its path relative to the cache."""
+    """Write one ``(C, x, y, z)`` map atomically; returns its path relative to the cache.
+
+    float16, unless a value exceeds float16's range (65504; e.g. an encoder without trained BatchNorm
+    statistics): then float32, with a warning, rather than silently storing inf.
+
+    Raises:
+        ValueError: the map holds NaN or inf.
+    """
+    array = np.asarray(array)
+    if not np.isfinite(array).all():
+        raise ValueError("encoder features hold NaN or inf")
+    dtype = np.float16
+    if np.abs(array).max() > np.finfo(np.float16).max:
+        logger.warning("features of %s exceed the float16 range: stored as float32", key)
+        dtype = np.float32
     rel = f"features/{key[:2]}/{key}.npy"
     path = Path(cache_dir) / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as fh:
-        np.save(fh, np.asarray(array, dtype=np.float16))
+        np.save(fh, array.astype(dtype))
     os.replace(tmp, path)
     return rel
 

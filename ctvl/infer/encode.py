@@ -87,11 +87,16 @@ def run_encode(encoder: nn.Module, image_cache: str | Path, out_dir: str | Path,
             summary.n_failed += len(batch)
             continue
         for (cid, image_key, key), feat in zip(batch, feats):
-            rel = fc.save_feature(out, key, feat)
+            try:
+                rel = fc.save_feature(out, key, feat)
+            except ValueError as err:
+                errors.add(cid, str(image_cache), "encode", str(err))
+                summary.n_failed += 1
+                continue
             rows[cid] = {"case_id": cid, "key": key, "path": rel, "shape": "x".join(map(str, feat.shape)),
                          "encoder": fingerprint, "image_key": image_key}
+            summary.n_encoded += 1
         fc.write_index(out, rows)
-        summary.n_encoded += len(batch)
     log.info("encoded %d, skipped %d (cached), failed %d of %d volumes", summary.n_encoded,
              summary.n_skipped, summary.n_failed, summary.n_cases)
     return summary

@@ -131,8 +131,7 @@ def clinical_cox_c_index(manifest: Path, covariates=("age", "ecog", "stage", "t_
 
 def predict_and_evaluate(out: Path, model_dir: Path, data: DemoData, n_generate: int = 12) -> tuple[Path, dict]:
     """Step 7: risks for every case, answers for a few validation cases, the evaluation report."""
-    import pandas as pd
-
+    from ctvl.data.manifest import load_manifest
     from ctvl.infer.evaluate import run_evaluate
     from ctvl.infer.generate import run_generate
     from ctvl.infer.predict import run_predict
@@ -140,11 +139,11 @@ def predict_and_evaluate(out: Path, model_dir: Path, data: DemoData, n_generate:
     template = CONFIGS / "clinical" / "synthetic.yaml"
     predictions = out / "predict" / "predictions.csv"
     run_predict(model_dir, data.manifest, predictions, clinical_template=template, save_embeddings=True)
-    manifest = pd.read_csv(data.manifest)
+    manifest = load_manifest(data.manifest)  # image paths made absolute
     sample = manifest[manifest["split"] == "validation"].head(n_generate)
     sample_path = out / "generate" / "cases.csv"
     sample_path.parent.mkdir(parents=True, exist_ok=True)
-    sample.assign(image=[str(data.manifest.parent / p) for p in sample["image"]]).to_csv(sample_path, index=False)
+    sample.to_csv(sample_path, index=False)
     run_generate(model_dir, sample_path, out / "generate", clinical_template=template)
     metrics = run_evaluate(predictions, data.manifest, out / "evaluate", generated=out / "generate" / "answers.jsonl",
                            references=data.vqa, embeddings=predictions.with_suffix(".z_surv.npy"), split="validation")
@@ -188,26 +187,27 @@ def run_demo(out: Path, n_cases: Optional[int] = None, workers: int = 2, encoder
     cohort = replace(cohort, n_cases=n_cases or cohort.n_cases)
     stage1 = load_config(RunConfig, CONFIGS / "train" / "stage1_tiny.yaml")
     stage2 = load_config(RunConfig, CONFIGS / "train" / "stage2_tiny.yaml")
-    out = Path(out)
+    out = Path(out).resolve()
     data = prepare_demo_data(out, cohort, stage1.preprocess, stage1.model.vision, workers=workers,
                              encoder_epochs=encoder_epochs)
     model_cfg: CTVLConfig = replace(stage1.model, vision=replace(stage1.model.vision, checkpoint=str(data.encoder_checkpoint)))
     runs = out / "runs"
-    r1 = fit(replace(stage1, model=model_cfg, data=data.data_config(max_length=stage1.data.max_length),
-                     train=replace(stage1.train, out_dir=str(runs / "stage1"))))
+    # A rerun resumes each stage from its checkpoint (a finished stage runs no step again).
+    fit(replace(stage1, model=model_cfg, data=data.data_config(max_length=stage1.data.max_length),
+                train=replace(stage1.train, out_dir=str(runs / "stage1"))))
     model_cfg2 = replace(stage2.model, vision=model_cfg.vision)
-    r2 = fit(replace(stage2, model=model_cfg2, data=data.data_config(max_length=stage2.data.max_length),
-                     train=replace(stage2.train, out_dir=str(runs / "stage2"), init_from=str(runs / "stage1" / "model"))))
-    predictions, evaluation = predict_and_evaluate(out, runs / "stage2" / "model", data)
+    fit(replace(stage2, model=model_cfg2, data=data.data_config(max_length=stage2.data.max_length),
+                train=replace(stage2.train, out_dir=str(runs / "stage2"), init_from=str(runs / "stage1" / "model"))))
+    _, evaluation = predict_and_evaluate(out, runs / "stage2" / "model", data)
     manifest = pd.read_csv(data.manifest)
+    lm = pd.read_csv(runs / "stage1" / "metrics.csv")["lm_loss"]
     lines = [
         f"VQA extraction slot accuracy (rule back-end vs. ground truth): {data.vqa_accuracy:.3f}",
-        f"stage 1 final LM loss {r1.history[-1]['lm_loss']:.3f} (first {r1.history[0]['lm_loss']:.3f})",
+        f"stage 1 LM loss {lm.iloc[0]:.3f} -> {lm.iloc[-1]:.3f}",
         f"oracle C-index (true log-hazard, validation): {oracle_c_index(manifest[manifest['split'] == 'validation']):.3f}",
-        f"model C-index (stage 2, validation, mean risk over the questions): {r2.evals[-1]['val_c_index']:.3f}",
+        f"model C-index (stage 2, validation, mean risk over the six questions): {_metric(evaluation, 'harrell_c')}",
         f"clinical-only CoxPH C-index (validation): {clinical_cox_c_index(data.manifest):.3f}",
-        f"predict (shared-prefix ensemble): validation Harrell C {_metric(evaluation, 'harrell_c')}, "
-        f"Uno C {_metric(evaluation, 'uno_c')}, IBS {_metric(evaluation, 'ibs')}",
+        f"model Uno C {_metric(evaluation, 'uno_c')}, IBS {_metric(evaluation, 'ibs')}",
         f"KM high vs low risk (median split): log-rank p = {_metric(evaluation.get('risk_groups', {}), 'p_value', '.2e')}",
         f"BERTScore F1 of generated answers ({(evaluation.get('bertscore') or {}).get('model', 'n/a')}): "
         f"{_metric(evaluation.get('bertscore') or {}, 'f1')}",

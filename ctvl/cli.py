@@ -128,6 +128,9 @@ def _shard(args: Namespace) -> Optional[tuple[int, int]]:
 
 def _predict(args: Namespace) -> int:
     from ctvl.infer.predict import run_predict
+    from ctvl.train.engine import init_distributed
+
+    init_distributed()  # under torchrun: ranks share the cases, rank 0 merges the shards
 
     summary = run_predict(args.model, args.inputs, Path(args.out), clinical=args.clinical,
                           clinical_template=args.clinical_template, questions=args.questions,

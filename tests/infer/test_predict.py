@@ -165,3 +165,29 @@ def test_deephit_writes_survival_probabilities(cohort, deephit_model, tmp_path):
     h = load_predictions(tmp_path / "h.csv")
     np.testing.assert_allclose(h["surv_-1"], 1.0)  # before the first cut nothing has happened
     np.testing.assert_allclose(h["surv_1000000000"], surv[:, -1], atol=1e-7)  # held after the last cut
+
+
+@pytest.mark.distributed
+def test_torchrun_two_ranks_merge_into_one_file(cohort, cox_model, manifest_predictions, template, tmp_path):
+    """`torchrun -m ctvl.cli predict`: each rank takes every second case, rank 0 merges the shards."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    _, single = manifest_predictions
+    path, manifest = _subset(cohort, tmp_path, 6)
+    out = tmp_path / "launched.csv"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "ctvl.cli", "predict", "--model", str(cox_model), "--inputs", str(path), "--out", str(out),
+           "--clinical_template", str(template), "--workers", "0"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = load_predictions(out)
+    rows = single["case_id"].isin(manifest["case_id"]).to_numpy()
+    assert list(merged["case_id"]) == list(single.loc[rows, "case_id"])
+    np.testing.assert_allclose(merged["risk"].to_numpy(float), single.loc[rows, "risk"].to_numpy(float), atol=1e-6)

@@ -290,13 +290,6 @@ def _torch_dtype(name: str, device: str):
     return getattr(torch, name)
 
 
-def _transformers_version() -> tuple[int, int]:
-    import transformers
-
-    major, minor = transformers.__version__.split(".")[:2]
-    return int(major), int(re.match(r"\d+", minor).group())
-
-
 def load_llm_extractor(
     path: str | Path, *, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False, **options
 ) -> LLMExtractor:
@@ -310,21 +303,17 @@ def load_llm_extractor(
         **options: :class:`LLMExtractor` keyword arguments.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from ctvl.config import DecoderConfig
+    from ctvl.models.decoder import load_decoder
 
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise ValueError(
-            f"LLM path {str(path)!r} is not a local model directory (no config.json); ctvl never downloads"
-        )
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
-    # transformers < 4.56 names the argument torch_dtype (and silently ignores `dtype`).
-    dtype_arg = "dtype" if _transformers_version() >= (4, 56) else "torch_dtype"
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path), **{dtype_arg: _torch_dtype(dtype, device)}, **kwargs
-    )
+    torch_dtype = str(_torch_dtype(dtype, device)).removeprefix("torch.")
+    # load_decoder refuses anything but a local model directory: ctvl never downloads.
+    model = load_decoder(DecoderConfig(path=str(path), dtype=torch_dtype, trust_remote_code=trust_remote_code))
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
     model.to(device).eval()
     logger.info("loaded %s on %s (%s)", path.name, device, model.dtype)
     return LLMExtractor(model, tokenizer, name=path.name, **options)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from ctvl.data.preprocess import load_cache_index, load_cached
 from ctvl.utils.errors import ErrorLog
 
 log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 10.0
+"""Rewrite the feature index at least this often while volumes finish."""
 
 
 @dataclass
@@ -74,6 +78,7 @@ def run_encode(encoder: nn.Module, image_cache: str | Path, out_dir: str | Path,
         todo.append((case_id, image_key, key))
     errors = ErrorLog(out / "errors.csv")
     summary = EncodeSummary(len(images), 0, len(images) - len(todo), 0)
+    last_flush = time.monotonic()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
     for start in tqdm(range(0, len(todo), batch_size), disable=not progress, desc="encode", unit="batch"):
         batch = todo[start:start + batch_size]
@@ -96,7 +101,12 @@ def run_encode(encoder: nn.Module, image_cache: str | Path, out_dir: str | Path,
             rows[cid] = {"case_id": cid, "key": key, "path": rel, "shape": "x".join(map(str, feat.shape)),
                          "encoder": fingerprint, "image_key": image_key}
             summary.n_encoded += 1
-        fc.write_index(out, rows)
+        # Rewriting the whole index after every batch is quadratic over a 50k-volume cache; a killed job
+        # re-encodes at most the last FLUSH_SECONDS of volumes.
+        if time.monotonic() - last_flush >= FLUSH_SECONDS:
+            fc.write_index(out, rows)
+            last_flush = time.monotonic()
+    fc.write_index(out, rows)
     log.info("encoded %d, skipped %d (cached), failed %d of %d volumes", summary.n_encoded,
              summary.n_skipped, summary.n_failed, summary.n_cases)
     return summary

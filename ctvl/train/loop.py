@@ -16,6 +16,7 @@ import csv
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -143,15 +144,28 @@ def _encoder_grid(roi: tuple[int, ...], model) -> tuple[int, int, int]:
 # ----------------------------------------------------------------------- looping
 
 
-def _batches(dataset, sampler: EpochBatchSampler, epoch: int, skip: int, pad_id: int):
-    """Endless (epoch, position, batch) stream starting at ``epoch``, skipping ``skip`` batches."""
+def _batches(dataset, sampler: EpochBatchSampler, epoch: int, skip: int, collate_fn):
+    """Endless (epoch, position, ``collate_fn(items)``) stream starting at ``epoch``, skipping ``skip`` batches."""
     while True:
         sampler.set_epoch(epoch)
         for pos, indices in enumerate(sampler):
             if pos < skip:
                 continue
-            yield epoch, pos + 1, collate([dataset[i] for i in indices], pad_id)
+            yield epoch, pos + 1, collate_fn([dataset[i] for i in indices])
         epoch, skip = epoch + 1, 0
+
+
+def _resume(engine, out_dir: Path, seed: int) -> tuple[int, int, int]:
+    """(step, epoch, batch position) of the newest checkpoint under ``out_dir``, loaded into ``engine``
+    with its RNG state; (0, 0, 0) and the seed ``seed + rank`` when there is none."""
+    tag = ckpt.latest_tag(out_dir / "checkpoints")
+    if tag is None:
+        torch.manual_seed(seed + rank())
+        return 0, 0, 0
+    state = engine.load_checkpoint(out_dir / "checkpoints", tag)
+    ckpt.set_rng_state(state["rng"])
+    log0("resumed from %s: step %d, epoch %d, batch %d", tag, state["step"], state["epoch"], state["position"])
+    return state["step"], state["epoch"], state["position"]
 
 
 def _to_float(x) -> Optional[float]:
@@ -216,30 +230,31 @@ class _MetricsWriter:
             self.tb.flush()
 
 
-def _export(engine, model, out_dir: Path, targets) -> None:
-    """Rank 0 writes ``model/`` (ZeRO-3 parameters gathered first, on every rank)."""
+def _export(engine, model, out_dir: Path, targets, name: str = "model") -> None:
+    """Rank 0 writes ``out_dir/name`` (``model.save_pretrained``); ZeRO-3 parameters are gathered first."""
     params = [p for p in model.parameters() if hasattr(p, "ds_id")]
     if params:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
             if is_main_process():
-                model.save_pretrained(out_dir / "model")
+                model.save_pretrained(out_dir / name)
     elif is_main_process():
-        model.save_pretrained(out_dir / "model")
+        model.save_pretrained(out_dir / name)
     if is_main_process() and targets is not None and "cuts" in targets.attrs:
         import json
 
-        (out_dir / "model" / "time_bins.json").write_text(json.dumps({"cuts": targets.attrs["cuts"]}))
+        (out_dir / name / "time_bins.json").write_text(json.dumps({"cuts": targets.attrs["cuts"]}))
 
 
-def _save(engine, model, out_dir: Path, step: int, epoch: int, pos: int, cfg: RunConfig, targets) -> None:
+def _save(engine, model, out_dir: Path, step: int, epoch: int, pos: int, cfg: RunConfig, targets,
+          name: str = "model") -> None:
     ckpt_dir = out_dir / "checkpoints"
     tag = ckpt.step_tag(step)
     engine.save_checkpoint(ckpt_dir, tag, {"step": step, "epoch": epoch, "position": pos, "rng": ckpt.rng_state()})
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-    _export(engine, model, out_dir, targets)
+    _export(engine, model, out_dir, targets, name)
     if is_main_process():
         ckpt.mark_latest(ckpt_dir, tag)
         ckpt.prune(ckpt_dir, cfg.train.keep_last)
@@ -270,18 +285,10 @@ def fit(cfg: RunConfig, progress: bool = True) -> FitResult:
     events = train_ds.events if (tc.event_aware_sampler and train_ds.events is not None) else None
     sampler = EpochBatchSampler(len(train_ds), tc.micro_batch_size, rank=rank(), world_size=world_size(),
                                 seed=tc.seed, events=events)
-    step, epoch, position = 0, 0, 0
-    tag = ckpt.latest_tag(out_dir / "checkpoints")
-    if tag is not None:
-        state = engine.load_checkpoint(out_dir / "checkpoints", tag)
-        step, epoch, position = state["step"], state["epoch"], state["position"]
-        ckpt.set_rng_state(state["rng"])
-        log0("resumed from %s: step %d, epoch %d, batch %d", tag, step, epoch, position)
-    else:
-        torch.manual_seed(tc.seed + rank())
+    step, epoch, position = _resume(engine, out_dir, tc.seed)
     result = FitResult(out_dir, step)
     metrics = _MetricsWriter(out_dir)
-    stream = _batches(train_ds, sampler, epoch, position, pad_id)
+    stream = _batches(train_ds, sampler, epoch, position, partial(collate, pad_token_id=pad_id))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and is_main_process()), desc=f"train {tc.stage}")

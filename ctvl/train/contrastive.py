@@ -40,7 +40,7 @@ from torch import nn
 from ctvl.config import ContrastiveConfig, RunConfig, VisionConfig, from_dict, replace, save_config, to_dict
 from ctvl.train.clip_loss import build_clip_loss
 from ctvl.train.engine import build_engine, init_distributed, is_main_process, rank, world_size
-from ctvl.train.loop import FitResult, _batches, _MetricsWriter, _resume, _save, log0
+from ctvl.train.loop import FitResult, MetricsWriter, batch_stream, log0, resume_latest, save_step
 
 HEADS_FILE = "contrastive_heads.safetensors"
 ENCODER_FILE = "merlin_encoder.pt"
@@ -275,9 +275,9 @@ def fit_contrastive(cfg: RunConfig, progress: bool = True) -> FitResult:
 
     sampler = EpochBatchSampler(len(train_pairs), tc.micro_batch_size, rank=rank(), world_size=world_size(),
                                 seed=tc.seed)
-    step, epoch, position = _resume(engine, out_dir, tc.seed)
-    result, metrics = FitResult(out_dir, step), _MetricsWriter(out_dir)
-    stream = _batches(train_pairs, sampler, epoch, position, collate_fn)
+    step, epoch, position = resume_latest(engine, out_dir, tc.seed)
+    result, metrics = FitResult(out_dir, step), MetricsWriter(out_dir)
+    stream = batch_stream(train_pairs, sampler, epoch, position, collate_fn)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and is_main_process()), desc="train contrastive")
@@ -307,7 +307,7 @@ def fit_contrastive(cfg: RunConfig, progress: bool = True) -> FitResult:
             result.evals.append(ev)
             log0("step %d eval %s", step, ev)
         if (tc.save_interval and step % tc.save_interval == 0) or step == tc.max_steps:
-            _save(engine, model, out_dir, step, epoch, position, cfg, None, name="encoder")
+            save_step(engine, model, out_dir, step, epoch, position, cfg, None, name="encoder")
     bar.close()
     result.steps = step
     return result

@@ -144,7 +144,7 @@ def _encoder_grid(roi: tuple[int, ...], model) -> tuple[int, int, int]:
 # ----------------------------------------------------------------------- looping
 
 
-def _batches(dataset, sampler: EpochBatchSampler, epoch: int, skip: int, collate_fn):
+def batch_stream(dataset, sampler: EpochBatchSampler, epoch: int, skip: int, collate_fn):
     """Endless (epoch, position, ``collate_fn(items)``) stream starting at ``epoch``, skipping ``skip`` batches."""
     while True:
         sampler.set_epoch(epoch)
@@ -155,7 +155,7 @@ def _batches(dataset, sampler: EpochBatchSampler, epoch: int, skip: int, collate
         epoch, skip = epoch + 1, 0
 
 
-def _resume(engine, out_dir: Path, seed: int) -> tuple[int, int, int]:
+def resume_latest(engine, out_dir: Path, seed: int) -> tuple[int, int, int]:
     """(step, epoch, batch position) of the newest checkpoint under ``out_dir``, loaded into ``engine``
     with its RNG state; (0, 0, 0) and the seed ``seed + rank`` when there is none."""
     tag = ckpt.latest_tag(out_dir / "checkpoints")
@@ -199,7 +199,7 @@ def evaluate(engine, dataset: VQASurvivalDataset, batch_size: int, pad_id: int) 
     return result
 
 
-class _MetricsWriter:
+class MetricsWriter:
     """metrics.csv + TensorBoard on rank 0."""
 
     def __init__(self, out_dir: Path):
@@ -247,8 +247,10 @@ def _export(engine, model, out_dir: Path, targets, name: str = "model") -> None:
         (out_dir / name / "time_bins.json").write_text(json.dumps({"cuts": targets.attrs["cuts"]}))
 
 
-def _save(engine, model, out_dir: Path, step: int, epoch: int, pos: int, cfg: RunConfig, targets,
-          name: str = "model") -> None:
+def save_step(engine, model, out_dir: Path, step: int, epoch: int, pos: int, cfg: RunConfig, targets,
+              name: str = "model") -> None:
+    """Checkpoint ``step`` (engine state + data position + RNG) under ``out_dir/checkpoints``, export
+    ``out_dir/name``, then mark it latest and keep the last ``cfg.train.keep_last`` (rank 0)."""
     ckpt_dir = out_dir / "checkpoints"
     tag = ckpt.step_tag(step)
     engine.save_checkpoint(ckpt_dir, tag, {"step": step, "epoch": epoch, "position": pos, "rng": ckpt.rng_state()})
@@ -285,10 +287,10 @@ def fit(cfg: RunConfig, progress: bool = True) -> FitResult:
     events = train_ds.events if (tc.event_aware_sampler and train_ds.events is not None) else None
     sampler = EpochBatchSampler(len(train_ds), tc.micro_batch_size, rank=rank(), world_size=world_size(),
                                 seed=tc.seed, events=events)
-    step, epoch, position = _resume(engine, out_dir, tc.seed)
+    step, epoch, position = resume_latest(engine, out_dir, tc.seed)
     result = FitResult(out_dir, step)
-    metrics = _MetricsWriter(out_dir)
-    stream = _batches(train_ds, sampler, epoch, position, partial(collate, pad_token_id=pad_id))
+    metrics = MetricsWriter(out_dir)
+    stream = batch_stream(train_ds, sampler, epoch, position, partial(collate, pad_token_id=pad_id))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and is_main_process()), desc=f"train {tc.stage}")
@@ -323,7 +325,7 @@ def fit(cfg: RunConfig, progress: bool = True) -> FitResult:
             result.evals.append(ev)
             log0("step %d eval %s", step, ev)
         if (tc.save_interval and step % tc.save_interval == 0) or step == tc.max_steps:
-            _save(engine, model, out_dir, step, epoch, position, cfg, targets)
+            save_step(engine, model, out_dir, step, epoch, position, cfg, targets)
     bar.close()
     result.steps = step
     return result

@@ -4,6 +4,8 @@ The worker is module-level so ``torch.multiprocessing.spawn`` can pickle it; thi
 because each spawned rank imports it again.
 """
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -62,7 +64,10 @@ def _worker(rank, init_file, out_dir):
 
 
 @pytest.mark.distributed
-def test_two_ranks_match_single_process_on_concatenated_batch(tmp_path):
+def test_two_ranks_match_single_process_on_concatenated_batch(tmp_path, monkeypatch):
+    # The ranks unpickle ``_worker`` by its module name (tests.survival.test_distributed): they need the
+    # repository root on sys.path, which spawn hands down from this process.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     x, event, time, weight = make_global_batch()
     loss, hz_grad, w_grad, _, _ = run_model(x, event, time, weight, lambda *batch: batch)

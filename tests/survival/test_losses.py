@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctvl.survival import losses
+from ctvl.survival import cox
 from ctvl.survival.losses import (
     alignment_loss,
     deephit_loss,
@@ -234,7 +234,7 @@ def test_cox_input_forms_and_validation():
 def log_space_cox(monkeypatch, log_hz, event, time, **kwargs):
     """The loss and gradient with every input sent down the torch log-space path (its exact reference)."""
     with monkeypatch.context() as patch:
-        patch.setattr(losses, "_MAX_SHIFTED_SPREAD", -1.0)
+        patch.setattr(cox, "_MAX_SHIFTED_SPREAD", -1.0)
         return loss_and_grad(log_hz, event, time, **kwargs)
 
 
@@ -287,8 +287,8 @@ def test_cox_fast_path_in_float32_equals_float64_reference(ties):
 def test_cox_fast_path_up_to_a_spread_of_600_exact_on_both_sides(monkeypatch, ties, spread, fast, dtype):
     log_hz, event, time = many_ties(4, 60)
     log_hz = ((log_hz - log_hz.min()) / (log_hz.max() - log_hz.min()) * spread - spread / 2).to(dtype)
-    calls, fast_path = [], losses._cox_shifted
-    monkeypatch.setattr(losses, "_cox_shifted", lambda *args: calls.append(1) or fast_path(*args))
+    calls, fast_path = [], cox._cox_shifted
+    monkeypatch.setattr(cox, "_cox_shifted", lambda *args: calls.append(1) or fast_path(*args))
     loss, grad = loss_and_grad(log_hz, event, time, ties=ties)
     assert bool(calls) == fast
     ref = log_hz.double().requires_grad_()  # float64 reference on the same (rounded) values

@@ -2,8 +2,8 @@
 
 Entry points (all importable from ``ctvl.survival``):
 
-- losses (:mod:`ctvl.survival.losses`): ``neg_partial_log_likelihood``, ``deephit_loss``, ``dispersion_loss``,
-  ``dispersion_loss_discrete``, ``alignment_loss``.
+- losses (:mod:`ctvl.survival.losses`): ``neg_partial_log_likelihood`` (implemented in
+  :mod:`ctvl.survival.cox`), ``deephit_loss``, ``dispersion_loss``, ``dispersion_loss_discrete``, ``alignment_loss``.
 - heads (:mod:`ctvl.survival.heads`): ``ResidualAdapter``, ``CoxHead``, ``DeepHitHead``,
   ``build_survival_head``, ``pmf_from_logits``, ``survival_from_logits``, ``BreslowEstimator``,
   ``survival_frame``.

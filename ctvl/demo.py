@@ -113,20 +113,27 @@ def prepare_demo_data(out: Path, cohort: SyntheticCohortConfig, preprocess: Prep
                     out / "cache" / "features", out / "vqa" / "vqa_llava.jsonl", ckpt, scores.slot_accuracy)
 
 
-def clinical_cox_c_index(manifest: Path, covariates=("age", "ecog", "stage", "t_stage", "n_stage", "m_stage")) -> float:
+CLINICAL_COVARIATES = ("age", "ecog", "stage", "t_stage", "n_stage", "m_stage")
+
+
+def clinical_matrix(df, covariates=CLINICAL_COVARIATES):
+    """(n, k + 2) float array of a synthetic cohort table: ``covariates``, then sex (male = 1) and smoking (0-2)."""
+    df = df.assign(male=(df["sex"] == "M").astype(float),
+                   smoker=df["smoking"].map({"never": 0.0, "former": 1.0, "current": 2.0}))
+    return df[[*covariates, "male", "smoker"]].to_numpy(float)
+
+
+def clinical_cox_c_index(manifest: Path, covariates=CLINICAL_COVARIATES) -> float:
     """Harrell's C on the validation split of a CoxPH fitted on clinical covariates of the train split."""
     import pandas as pd
 
     from ctvl.survival.baselines import fit_and_score
 
     df = pd.read_csv(manifest)
-    df = df.assign(male=(df["sex"] == "M").astype(float),
-                   smoker=df["smoking"].map({"never": 0.0, "former": 1.0, "current": 2.0}))
-    cols = [*covariates, "male", "smoker"]
-    train, test = df[df["split"] == "train"], df[df["split"] == "validation"]
-    y = lambda d: (d["event"].to_numpy().astype(bool), d["time"].to_numpy(float))  # noqa: E731
-    scores = fit_and_score("coxph", train[cols].to_numpy(float), y(train), test[cols].to_numpy(float), y(test))
-    return float(scores["c_index"])
+    X = clinical_matrix(df, covariates)
+    train, test = (df["split"] == "train").to_numpy(), (df["split"] == "validation").to_numpy()
+    y = lambda m: (df["event"][m].to_numpy().astype(bool), df["time"][m].to_numpy(float))  # noqa: E731
+    return float(fit_and_score("coxph", X[train], y(train), X[test], y(test))["c_index"])
 
 
 def predict_and_evaluate(out: Path, model_dir: Path, data: DemoData, n_generate: int = 12) -> tuple[Path, dict]:

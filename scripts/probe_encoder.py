@@ -23,9 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-CLINICAL = ["age", "ecog", "stage", "t_stage", "n_stage", "m_stage", "male", "smoker"]
-
-
 def pooled_features(run: Path, case_ids) -> np.ndarray:
     """(n, C): each case's cached feature map averaged over its spatial axes."""
     from ctvl.data.feature_cache import load_features
@@ -42,6 +39,7 @@ def probe(run: Path, seed: int = 0) -> dict:
     from sklearn.preprocessing import StandardScaler
 
     from ctvl.data.synthetic import oracle_c_index
+    from ctvl.demo import clinical_matrix
     from ctvl.survival.baselines import fit_and_score
 
     manifest = pd.read_csv(run / "cohort" / "manifest.csv")
@@ -65,11 +63,9 @@ def probe(run: Path, seed: int = 0) -> dict:
     image_risk = ridge.predict(X)
     r2 = float(ridge.score(X[valid], manifest["log_hazard_image"][valid]))
 
-    df = manifest.assign(male=(manifest["sex"] == "M").astype(float),
-                         smoker=manifest["smoking"].map({"never": 0.0, "former": 1.0, "current": 2.0}))
-    clinical = df[CLINICAL].to_numpy(float)
-    y_train = (df["event"][train].to_numpy(bool), df["time"][train].to_numpy(float))
-    y_valid = (df["event"][valid].to_numpy(bool), df["time"][valid].to_numpy(float))
+    clinical = clinical_matrix(manifest)
+    y_train = (manifest["event"][train].to_numpy(bool), manifest["time"][train].to_numpy(float))
+    y_valid = (manifest["event"][valid].to_numpy(bool), manifest["time"][valid].to_numpy(float))
 
     def cox_c(X_: np.ndarray) -> float:
         return float(fit_and_score("coxph", X_[train], y_train, X_[valid], y_valid, seed=seed)["c_index"])
@@ -77,7 +73,7 @@ def probe(run: Path, seed: int = 0) -> dict:
     c_index = {
         "clinical only": cox_c(clinical),
         "clinical + encoder image risk": cox_c(np.c_[clinical, image_risk]),
-        "clinical + true image risk": cox_c(np.c_[clinical, df["log_hazard_image"]]),
+        "clinical + true image risk": cox_c(np.c_[clinical, manifest["log_hazard_image"]]),
         "oracle (true log-hazard)": oracle_c_index(manifest[valid]),
     }
     return {"n_train": int(train.sum()), "n_valid": int(valid.sum()), "feature_dim": X.shape[1],

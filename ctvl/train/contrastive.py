@@ -37,10 +37,19 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from ctvl.config import ContrastiveConfig, RunConfig, VisionConfig, from_dict, replace, save_config, to_dict
+from ctvl.config import ContrastiveConfig, RunConfig, VisionConfig, from_dict, replace, to_dict
 from ctvl.train.clip_loss import build_clip_loss
-from ctvl.train.engine import build_engine, init_distributed, is_main_process, rank, world_size
-from ctvl.train.loop import FitResult, MetricsWriter, batch_stream, log0, resume_latest, save_step
+from ctvl.train.engine import build_engine, is_main_process, rank, world_size
+from ctvl.train.loop import (
+    FitResult,
+    MetricsWriter,
+    batch_stream,
+    log0,
+    require_micro_batch,
+    resume_latest,
+    save_step,
+    start_run,
+)
 
 HEADS_FILE = "contrastive_heads.safetensors"
 ENCODER_FILE = "merlin_encoder.pt"
@@ -257,16 +266,10 @@ def fit_contrastive(cfg: RunConfig, progress: bool = True) -> FitResult:
     """
     if cfg.train.stage != "contrastive":
         raise ValueError(f"fit_contrastive trains stage 'contrastive', got train.stage={cfg.train.stage!r}")
-    init_distributed()
     tc = cfg.train
-    out_dir = Path(tc.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if is_main_process():
-        save_config(cfg, out_dir / "run_config.yaml")
+    out_dir = start_run(cfg)
     train_pairs, eval_pairs = load_report_pairs(cfg)
-    if len(train_pairs) < tc.micro_batch_size * world_size():
-        raise ValueError(f"{len(train_pairs)} training pairs < one micro-batch per rank "
-                         f"({tc.micro_batch_size} x {world_size()})")
+    require_micro_batch(len(train_pairs), tc)
     model = build_contrastive_model(cfg)
     engine = build_engine(model, tc)
     collate_fn = functools.partial(collate_pairs, image_cache=cfg.data.image_cache, tokenizer=model.tokenizer,

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ctvl.config import RunConfig, save_config
+from ctvl.config import RunConfig, TrainConfig, save_config
 from ctvl.data.datasets import VQASurvivalDataset, collate, load_vqa_pairs
 from ctvl.data.sampler import EpochBatchSampler
 from ctvl.train import checkpoint as ckpt
@@ -262,14 +262,28 @@ def save_step(engine, model, out_dir: Path, step: int, epoch: int, pos: int, cfg
         ckpt.prune(ckpt_dir, cfg.train.keep_last)
 
 
-def fit(cfg: RunConfig, progress: bool = True) -> FitResult:
-    """Train one stage as configured; resumes from ``out_dir`` when it holds a checkpoint."""
+def start_run(cfg: RunConfig) -> Path:
+    """Join the process group (when launched with ranks), create ``train.out_dir`` and write
+    ``run_config.yaml`` there (rank 0); returns the folder."""
     init_distributed()
-    tc = cfg.train
-    out_dir = Path(tc.out_dir)
+    out_dir = Path(cfg.train.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_main_process():
         save_config(cfg, out_dir / "run_config.yaml")
+    return out_dir
+
+
+def require_micro_batch(n_train: int, tc: TrainConfig) -> None:
+    """Raise unless ``n_train`` training pairs fill one micro-batch on every rank."""
+    if n_train < tc.micro_batch_size * world_size():
+        raise ValueError(f"{n_train} training pairs < one micro-batch per rank "
+                         f"({tc.micro_batch_size} x {world_size()})")
+
+
+def fit(cfg: RunConfig, progress: bool = True) -> FitResult:
+    """Train one stage as configured; resumes from ``out_dir`` when it holds a checkpoint."""
+    tc = cfg.train
+    out_dir = start_run(cfg)
     targets = load_targets(cfg)
     if not cfg.data.vqa:
         raise ValueError("set data.vqa (the LLaVA JSONL from `ctvl build-vqa`)")
@@ -279,9 +293,7 @@ def fit(cfg: RunConfig, progress: bool = True) -> FitResult:
     model = build_model(cfg, pairs)
     set_trainable(model, tc.stage)
     train_ds, eval_ds = build_datasets(cfg, pairs, model, targets)
-    if len(train_ds) < tc.micro_batch_size * world_size():
-        raise ValueError(f"{len(train_ds)} training pairs < one micro-batch per rank "
-                         f"({tc.micro_batch_size} x {world_size()})")
+    require_micro_batch(len(train_ds), tc)
     engine = build_engine(model, tc)
     pad_id = model.tokenizer.pad_token_id
     events = train_ds.events if (tc.event_aware_sampler and train_ds.events is not None) else None

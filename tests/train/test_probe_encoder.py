@@ -21,7 +21,7 @@ def test_probe_reports_findings_and_cox_rows(tiny_data, capsys):
     assert result["n_valid"] == int((manifest["split"] == "validation").sum())
     assert result["feature_dim"] == 256  # the tiny encoder: 8 x 32 channels
     c = result["c_index"]
-    # The same CoxPH the demo summary prints, and the cohort's oracle, reached through other code.
+    # The same CoxPH the demo summary prints (same split and fit), and the cohort's oracle.
     assert math.isclose(c["clinical only"], clinical_cox_c_index(tiny_data.manifest), abs_tol=1e-12)
     assert math.isclose(c["oracle (true log-hazard)"],
                         oracle_c_index(manifest[manifest["split"] == "validation"]), abs_tol=1e-12)

@@ -4,7 +4,8 @@ Reads a ``ctvl demo`` output folder (``cohort/manifest.csv``, ``cohort/findings.
 averages each case's feature map over (x, y, z), standardises on the train split, and prints
 
 * per binary finding: validation AUC of a logistic-regression probe fitted on the train split;
-* the validation R^2 of a ridge probe for the image part of the true log-hazard;
+* the validation R^2 of a ridge probe for the image part of the true log-hazard (its train-split
+  predictions are cross-fitted, so the CoxPH below does not learn from overfit values);
 * validation Harrell's C of CoxPH models: clinical covariates only; clinical + the ridge probe's image
   risk (what a model that fuses these features linearly can expect); clinical + the true image part
   (what a perfect encoder allows); and the oracle (the true log-hazard).
@@ -31,9 +32,35 @@ def pooled_features(run: Path, case_ids) -> np.ndarray:
     return np.stack([m.reshape(m.shape[0], -1).mean(axis=1) for m in maps])
 
 
+def image_risk_probe(X: np.ndarray, target: np.ndarray, train: np.ndarray, valid: np.ndarray,
+                     seed: int = 0, folds: int = 5) -> tuple[np.ndarray, float]:
+    """A ridge probe's image risk for every case, and its validation R^2.
+
+    Train-split cases get out-of-fold predictions (``folds``-fold cross-fitting): in-sample predictions
+    would be overfit, so a CoxPH fitted on them would over-trust the probe and score worse on validation
+    than the features allow. Validation cases get the prediction of the ridge fitted on the whole train split.
+
+    Args:
+        X: ``(n, d)`` standardised features. target: ``(n,)``. train, valid: ``(n,)`` boolean masks.
+
+    Returns:
+        ``(risk (n,), R^2 on valid)``; ``risk`` is NaN outside ``train | valid``.
+    """
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold, cross_val_predict
+
+    ridge = RidgeCV(alphas=np.logspace(-2, 4, 25))
+    risk = np.full(len(X), np.nan)
+    cv = KFold(folds, shuffle=True, random_state=seed)
+    risk[train] = cross_val_predict(ridge, X[train], target[train], cv=cv)
+    ridge.fit(X[train], target[train])
+    risk[valid] = ridge.predict(X[valid])
+    return risk, float(ridge.score(X[valid], target[valid]))
+
+
 def probe(run: Path, seed: int = 0) -> dict:
     """Probe AUCs per finding, the image-risk R^2 and the CoxPH C-indices (see the module docstring)."""
-    from sklearn.linear_model import LogisticRegression, RidgeCV
+    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GridSearchCV
     from sklearn.preprocessing import StandardScaler
@@ -59,9 +86,7 @@ def probe(run: Path, seed: int = 0) -> dict:
                             scoring="roc_auc").fit(X[train], y[train])
         aucs[name] = float(roc_auc_score(y[valid], grid.predict_proba(X[valid])[:, 1]))
 
-    ridge = RidgeCV(alphas=np.logspace(-2, 4, 25)).fit(X[train], manifest["log_hazard_image"][train])
-    image_risk = ridge.predict(X)
-    r2 = float(ridge.score(X[valid], manifest["log_hazard_image"][valid]))
+    image_risk, r2 = image_risk_probe(X, manifest["log_hazard_image"].to_numpy(float), train, valid, seed)
 
     clinical = clinical_matrix(manifest)
     y_train = (manifest["event"][train].to_numpy(bool), manifest["time"][train].to_numpy(float))

@@ -12,11 +12,15 @@ from ctvl.demo import clinical_cox_c_index
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_encoder.py"
 
 
-def test_probe_reports_findings_and_cox_rows(tiny_data, capsys):
+def _load_script():
     spec = importlib.util.spec_from_file_location("probe_encoder", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    result = script.main(["--run", str(tiny_data.root)])
+    return script
+
+
+def test_probe_reports_findings_and_cox_rows(tiny_data, capsys):
+    result = _load_script().main(["--run", str(tiny_data.root)])
     manifest = pd.read_csv(tiny_data.manifest)
     assert result["n_valid"] == int((manifest["split"] == "validation").sum())
     assert result["feature_dim"] == 256  # the tiny encoder: 8 x 32 channels
@@ -28,3 +32,18 @@ def test_probe_reports_findings_and_cox_rows(tiny_data, capsys):
     assert all(0.0 <= v <= 1.0 for v in [*c.values(), *result["finding_auc"].values()])
     assert result["finding_auc"] and math.isfinite(result["image_risk_r2"])
     assert "clinical + true image risk" in capsys.readouterr().out
+
+
+def test_image_risk_probe_cross_fits_the_train_split():
+    """On pure-noise features an in-sample ridge fit tracks the train target; the cross-fitted risk does not."""
+    import numpy as np
+    from sklearn.linear_model import RidgeCV
+
+    rng = np.random.default_rng(0)
+    X, target = rng.standard_normal((120, 80)), rng.standard_normal(120)
+    train = np.arange(120) < 90
+    risk, r2 = _load_script().image_risk_probe(X, target, train, ~train)
+    in_sample = RidgeCV(alphas=np.logspace(-2, 4, 25)).fit(X[train], target[train]).predict(X[train])
+    assert np.corrcoef(in_sample, target[train])[0, 1] > 0.5
+    assert abs(np.corrcoef(risk[train], target[train])[0, 1]) < 0.3
+    assert np.isfinite(risk).all() and r2 < 0.1

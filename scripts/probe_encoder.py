@@ -41,7 +41,9 @@ def image_risk_probe(X: np.ndarray, target: np.ndarray, train: np.ndarray, valid
     than the features allow. Validation cases get the prediction of the ridge fitted on the whole train split.
 
     Args:
-        X: ``(n, d)`` standardised features. target: ``(n,)``. train, valid: ``(n,)`` boolean masks.
+        X: ``(n, d)`` standardised features.
+        target: ``(n,)`` the value to predict (the image part of the true log-hazard).
+        train, valid: ``(n,)`` boolean masks of the two splits.
 
     Returns:
         ``(risk (n,), R^2 on valid)``; ``risk`` is NaN outside ``train | valid``.

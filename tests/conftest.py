@@ -7,6 +7,9 @@ Fixtures:
         -> Path of a folder
         writing one file per slice with SimpleITK and recognisable fake patient tags.
     fake_patient_tags: those fake ``{tag: value}`` identifiers, to assert they never leak.
+
+Shared by the training and inference fixtures (``tests/train``, ``tests/infer``): the tiny sizes
+``TINY_PREPROCESS`` and ``TINY_VISION``, :func:`tiny_model_config` and :func:`prepare_tiny_cohort`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,39 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from ctvl.config import (
+    CTVLConfig,
+    DecoderConfig,
+    LoRAConfig,
+    PreprocessConfig,
+    SurvivalConfig,
+    SyntheticCohortConfig,
+    VisionConfig,
+    replace,
+)
+
+TINY_PREPROCESS = PreprocessConfig(spacing=(10.0, 10.0, 10.0), roi_size=(32, 32, 32))
+TINY_VISION = VisionConfig(layers=(1, 1, 1, 1), base_width=8)
+
+
+def tiny_model_config(encoder_checkpoint: str, **survival) -> CTVLConfig:
+    """The tiny model of the tests: ``TINY_VISION`` with ``encoder_checkpoint``, a 2-layer decoder, LoRA r=4."""
+    return CTVLConfig(
+        vision=replace(TINY_VISION, checkpoint=encoder_checkpoint),
+        decoder=DecoderConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                              tokenizer_vocab_size=400),
+        lora=LoRAConfig(r=4, alpha=8, dropout=0.0),
+        survival=SurvivalConfig(adapter_hidden=16, adapter_dropout=0.0, **survival),
+    )
+
+
+def prepare_tiny_cohort(root: Path, n_cases: int, seed: int):
+    """A :class:`ctvl.demo.DemoData` of ``n_cases`` synthetic 32^3 volumes at 10 mm (caches, VQA pairs, encoder)."""
+    from ctvl.demo import prepare_demo_data
+
+    cohort = SyntheticCohortConfig(n_cases=n_cases, shape=(32, 32, 32), spacing=(10.0, 10.0, 10.0), seed=seed)
+    return prepare_demo_data(root, cohort, TINY_PREPROCESS, TINY_VISION, workers=0, progress=False)
 
 
 @contextlib.contextmanager

@@ -18,33 +18,13 @@ import pandas as pd
 import pytest
 import torch
 
-from ctvl.config import (
-    CTVLConfig,
-    DecoderConfig,
-    LoRAConfig,
-    PreprocessConfig,
-    RunConfig,
-    SurvivalConfig,
-    SyntheticCohortConfig,
-    TrainConfig,
-    VisionConfig,
-    replace,
-)
-from ctvl.demo import CONFIGS, prepare_demo_data
+from ctvl.config import RunConfig, TrainConfig, replace
+from ctvl.demo import CONFIGS
 
-PREPROCESS = PreprocessConfig(spacing=(10.0, 10.0, 10.0), roi_size=(32, 32, 32))
-VISION = VisionConfig(layers=(1, 1, 1, 1), base_width=8)
+from ..conftest import TINY_PREPROCESS as PREPROCESS
+from ..conftest import prepare_tiny_cohort, tiny_model_config
+
 TEMPLATE = CONFIGS / "clinical" / "synthetic.yaml"
-
-
-def model_config(encoder_checkpoint: str, head: str = "cox") -> CTVLConfig:
-    return CTVLConfig(
-        vision=replace(VISION, checkpoint=encoder_checkpoint),
-        decoder=DecoderConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
-                              tokenizer_vocab_size=400),
-        lora=LoRAConfig(r=4, alpha=8, dropout=0.0),
-        survival=SurvivalConfig(head=head, num_bins=6, adapter_hidden=16, adapter_dropout=0.0),
-    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,9 +39,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def cohort(tmp_path_factory):
-    cfg = SyntheticCohortConfig(n_cases=30, shape=(32, 32, 32), spacing=(10.0, 10.0, 10.0), seed=3)
-    return prepare_demo_data(tmp_path_factory.mktemp("infer_cohort"), cfg, PREPROCESS, VISION, workers=0,
-                             progress=False)
+    return prepare_tiny_cohort(tmp_path_factory.mktemp("infer_cohort"), n_cases=30, seed=3)
 
 
 def _fit(cohort, model_cfg, out_dir: Path, stage: str, **train):
@@ -78,7 +56,7 @@ def _fit(cohort, model_cfg, out_dir: Path, stage: str, **train):
 @pytest.fixture(scope="session")
 def cox_model(cohort, tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("infer_runs")
-    cfg = model_config(str(cohort.encoder_checkpoint))
+    cfg = tiny_model_config(str(cohort.encoder_checkpoint), num_bins=6)
     stage1 = _fit(cohort, cfg, runs / "stage1", "vqa")
     return _fit(cohort, cfg, runs / "stage2", "survival", init_from=str(stage1), lr=1e-2)
 

@@ -8,7 +8,10 @@ averages each case's feature map over (x, y, z), standardises on the train split
   predictions are cross-fitted, so the CoxPH below does not learn from overfit values);
 * validation Harrell's C of CoxPH models: clinical covariates only; clinical + the ridge probe's image
   risk (what a model that fuses these features linearly can expect); clinical + the true image part
-  (what a perfect encoder allows); and the oracle (the true log-hazard).
+  (what a perfect encoder allows); and the oracle (the true log-hazard);
+* validation Harrell's C of CoxPH models on clinical covariates plus the *true* value of each imaging
+  feature of the survival truth (``compute_image_features``), one at a time, then all of them with and
+  without ``metastatic_sites``: which findings carry the risk that clinical staging misses.
 
 The gap between the last two CoxPH rows and the first says how much of the survival signal the encoder
 leaves on the table; the per-finding AUCs say which findings it misses.
@@ -67,7 +70,7 @@ def probe(run: Path, seed: int = 0) -> dict:
     from sklearn.model_selection import GridSearchCV
     from sklearn.preprocessing import StandardScaler
 
-    from ctvl.data.synthetic import oracle_c_index
+    from ctvl.data.synthetic import compute_image_features, load_findings, oracle_c_index
     from ctvl.demo import clinical_matrix
     from ctvl.survival.baselines import fit_and_score
 
@@ -103,8 +106,15 @@ def probe(run: Path, seed: int = 0) -> dict:
         "clinical + true image risk": cox_c(np.c_[clinical, manifest["log_hazard_image"]]),
         "oracle (true log-hazard)": oracle_c_index(manifest[valid]),
     }
+    cases = load_findings(run / "cohort" / "findings.json")
+    truth = pd.DataFrame([compute_image_features(f) for f in cases], index=[f.case_id for f in cases])
+    truth = truth.loc[manifest["case_id"]]
+    c_true = {f"+ {name}": cox_c(np.c_[clinical, truth[[name]]]) for name in truth.columns}
+    others = [name for name in truth.columns if name != "metastatic_sites"]
+    c_true["+ all but metastatic_sites"] = cox_c(np.c_[clinical, truth[others]])
+    c_true["+ all"] = cox_c(np.c_[clinical, truth])
     return {"n_train": int(train.sum()), "n_valid": int(valid.sum()), "feature_dim": X.shape[1],
-            "finding_auc": aucs, "image_risk_r2": r2, "c_index": c_index}
+            "finding_auc": aucs, "image_risk_r2": r2, "c_index": c_index, "c_index_true_features": c_true}
 
 
 def main(argv=None) -> dict:
@@ -120,6 +130,9 @@ def main(argv=None) -> dict:
     print(f"validation R^2 of the image part of the true log-hazard: {result['image_risk_r2']:.3f}")
     print("validation Harrell's C (CoxPH fitted on the train split):")
     for name, c in result["c_index"].items():
+        print(f"  {name:32s} {c:.3f}")
+    print("validation Harrell's C of CoxPH on clinical covariates + true imaging features:")
+    for name, c in result["c_index_true_features"].items():
         print(f"  {name:32s} {c:.3f}")
     return result
 

@@ -4,10 +4,12 @@ import importlib.util
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from ctvl.data.synthetic import oracle_c_index
-from ctvl.demo import clinical_cox_c_index
+from ctvl.data.synthetic import compute_image_features, load_findings, oracle_c_index
+from ctvl.demo import clinical_cox_c_index, clinical_matrix
+from ctvl.survival.baselines import fit_and_score
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_encoder.py"
 
@@ -32,11 +34,20 @@ def test_probe_reports_findings_and_cox_rows(tiny_data, capsys):
     assert all(0.0 <= v <= 1.0 for v in [*c.values(), *result["finding_auc"].values()])
     assert result["finding_auc"] and math.isfinite(result["image_risk_r2"])
     assert "clinical + true image risk" in capsys.readouterr().out
+    # Clinical + one true imaging feature: the same CoxPH fitted here from the cohort's findings.json.
+    true_c = result["c_index_true_features"]
+    assert {"+ metastatic_sites", "+ all but metastatic_sites", "+ all"} <= set(true_c)
+    cases = {f.case_id: f for f in load_findings(tiny_data.root / "cohort" / "findings.json")}
+    sites = np.array([compute_image_features(cases[c])["metastatic_sites"] for c in manifest["case_id"]])
+    train, valid = (manifest["split"] == "train").to_numpy(), (manifest["split"] == "validation").to_numpy()
+    X = np.c_[clinical_matrix(manifest), sites]
+    y = lambda m: (manifest["event"][m].to_numpy(bool), manifest["time"][m].to_numpy(float))  # noqa: E731
+    expected = fit_and_score("coxph", X[train], y(train), X[valid], y(valid), seed=0)["c_index"]
+    assert math.isclose(true_c["+ metastatic_sites"], expected, abs_tol=1e-12)
 
 
 def test_image_risk_probe_cross_fits_the_train_split():
     """On pure-noise features an in-sample ridge fit tracks the train target; the cross-fitted risk does not."""
-    import numpy as np
     from sklearn.linear_model import RidgeCV
 
     rng = np.random.default_rng(0)

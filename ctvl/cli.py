@@ -47,7 +47,7 @@ set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
 def _synth(args: Namespace) -> int:
-    from ctvl.data.synthetic import write_cohort
+    from ctvl.data.synthetic_files import write_cohort
 
     cfg = _as(SyntheticCohortConfig, args.cohort)
     paths = write_cohort(cfg, Path(args.out), release=args.release)
@@ -101,12 +101,12 @@ def _import_review(args: Namespace) -> int:
 
 def _encode(args: Namespace) -> int:
     from ctvl.infer.encode import run_encode
-    from ctvl.models.vision3d import build_image_encoder, load_merlin_image_encoder
+    from ctvl.models.vision3d import load_merlin_image_encoder
 
     vision = _as(VisionConfig, args.vision)
-    encoder = load_merlin_image_encoder(vision.checkpoint, vision) if vision.checkpoint else None
-    if encoder is None:
+    if not vision.checkpoint:
         raise SystemExit("--vision.checkpoint is required: features of a random encoder are meaningless")
+    encoder = load_merlin_image_encoder(vision.checkpoint, vision)
     summary = run_encode(encoder, args.cache, args.out, batch_size=args.batch_size)
     return 1 if summary.n_failed else 0
 

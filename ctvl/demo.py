@@ -85,7 +85,7 @@ def prepare_demo_data(out: Path, cohort: SyntheticCohortConfig, preprocess: Prep
                       progress: bool = True) -> DemoData:
     """Steps 1-5 of the module docstring; every step resumes when its outputs exist."""
     from ctvl.data.preprocess import run_preprocess
-    from ctvl.data.synthetic import write_cohort
+    from ctvl.data.synthetic_files import write_cohort
     from ctvl.infer.encode import run_encode
     from ctvl.models.vision3d import load_merlin_image_encoder
     from ctvl.vqa.build import run_build_vqa

@@ -70,7 +70,8 @@ def probe(run: Path, seed: int = 0) -> dict:
     from sklearn.model_selection import GridSearchCV
     from sklearn.preprocessing import StandardScaler
 
-    from ctvl.data.synthetic import compute_image_features, load_findings, oracle_c_index
+    from ctvl.data.synthetic import compute_image_features, oracle_c_index
+    from ctvl.data.synthetic_files import load_findings
     from ctvl.demo import clinical_matrix
     from ctvl.survival.baselines import fit_and_score
 

@@ -20,14 +20,13 @@ from ctvl.data.synthetic import (
     LymphNode,
     compute_stage,
     compute_tnm,
-    load_findings,
     make_case_volume,
     make_cohort,
     make_label_map,
     make_volume,
     oracle_c_index,
-    write_cohort,
 )
+from ctvl.data.synthetic_files import load_findings, write_cohort
 
 FINE = dict(shape=(128, 128, 128), spacing=(2.5, 2.5, 2.5))  # 320 mm FOV, fine enough to measure sizes
 SMALL = SyntheticCohortConfig(n_cases=6, shape=(24, 24, 24), spacing=(13.5, 13.5, 13.5), seed=3)

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctvl.data.synthetic import compute_image_features, load_findings, oracle_c_index
+from ctvl.data.synthetic import compute_image_features, oracle_c_index
+from ctvl.data.synthetic_files import load_findings
 from ctvl.demo import clinical_cox_c_index, clinical_matrix
 from ctvl.survival.baselines import fit_and_score
 

@@ -25,3 +25,12 @@ def test_config_fields_become_options_with_docstrings(capsys):
 def test_invalid_choice_is_refused(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["preprocess", "--cache", "c", "--preprocess.interpolation", "cubic"])
+
+
+def test_encode_without_encoder_weights_is_refused(tmp_path):
+    """Features of a random-init encoder would be meaningless: `ctvl encode` stops before writing any."""
+    from ctvl.cli import main
+
+    with pytest.raises(SystemExit, match="--vision.checkpoint is required"):
+        main(["encode", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "features")])
+    assert not (tmp_path / "features").exists()

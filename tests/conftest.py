@@ -10,6 +10,7 @@ Fixtures:
 
 Shared by the training and inference fixtures (``tests/train``, ``tests/infer``): the tiny sizes
 ``TINY_PREPROCESS`` and ``TINY_VISION``, :func:`tiny_model_config` and :func:`prepare_tiny_cohort`.
+Shared by the tests of ``scripts/``: :func:`load_script`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,19 @@ from ctvl.config import (
     VisionConfig,
     replace,
 )
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as a module (the scripts folder is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 TINY_PREPROCESS = PreprocessConfig(spacing=(10.0, 10.0, 10.0), roi_size=(32, 32, 32))
 TINY_VISION = VisionConfig(layers=(1, 1, 1, 1), base_width=8)

@@ -1,22 +1,14 @@
 """scripts/bench_gpu.py runs end to end on the CPU with the tiny architecture, so it cannot rot."""
 
-import importlib.util
 import re
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_gpu.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import load_script
 
 
 def test_tiny_training_table_and_inference_throughput(capsys):
-    _load().main(["--tiny", "--steps", "1", "--warmup", "0", "--checkpointing", "off", "--inputs", "both",
-                  "--predict", "2", "--predict-workers", "0", "--predict-batch", "2"])
+    load_script("bench_gpu").main(["--tiny", "--steps", "1", "--warmup", "0", "--checkpointing", "off",
+                                   "--inputs", "both", "--predict", "2", "--predict-workers", "0",
+                                   "--predict-batch", "2"])
     out = capsys.readouterr().out
     rows = re.findall(r"^\| (features|volumes) \| off \| 2 \| ([\d.]+) \| ([\d.]+) \|", out, re.M)
     assert [r[0] for r in rows] == ["features", "volumes"]
@@ -25,7 +17,7 @@ def test_tiny_training_table_and_inference_throughput(capsys):
 
 
 def test_model_flops_count_the_lora_step():
-    bench = _load()
+    bench = load_script("bench_gpu")
     import torch
 
     model, _ = bench.build("tiny", lora_r=4, checkpointing=False, device=torch.device("cpu"))

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).parents[1] / "scripts" / "bench_predict.py"
+from .conftest import load_script
 
 
 def test_quick_benchmark(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_predict", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_predict")
     rows = bench.main(["--quick", "--json", str(tmp_path / "rows.json")])
     assert json.loads((tmp_path / "rows.json").read_text()) == json.loads(json.dumps(rows))
     assert [r["setting"] for r in rows] == ["demo", "large"]

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_preprocess.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_preprocess", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import load_script
 
 
 def test_bench_preprocess_quick(capsys):
-    status = _load_script().main(["--quick", "--n", "2"])
+    status = load_script("bench_preprocess").main(["--quick", "--n", "2"])
     out = capsys.readouterr().out
     assert status == 0, out
     assert re.search(r"^ctvl load_and_preprocess\s+[\d.]+\s+[\d.]+\s+\d+$", out, re.M), out

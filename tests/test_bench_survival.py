@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parents[1] / "scripts" / "bench_survival.py"
+from .conftest import load_script
 
 for peer in ("sksurv", "lifelines", "pycox", "torchsurv"):
     pytest.importorskip(peer)
@@ -16,9 +14,7 @@ for peer in ("sksurv", "lifelines", "pycox", "torchsurv"):
 
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("bench_survival", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_survival")
     out = tmp_path_factory.mktemp("bench") / "quick.json"
     returned = bench.main(["--quick", "--json", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(returned))

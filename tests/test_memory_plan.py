@@ -1,22 +1,18 @@
 """scripts/memory_plan.py: real-configuration counts on the meta device, formulas, quick run."""
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
 from ctvl.config import CTVLConfig, load_config
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "memory_plan.py"
+from .conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def plan():
-    spec = importlib.util.spec_from_file_location("memory_plan", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("memory_plan")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -23,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from ctvl.config import CTVLConfig, PreprocessConfig, RunConfig, load_config, save_config
+
+from .conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "configs" / "train"
@@ -110,10 +111,7 @@ def test_stage2_starts_from_stage1_and_outputs_do_not_collide():
 
 @pytest.fixture(scope="module")
 def memory_plan():
-    spec = importlib.util.spec_from_file_location("memory_plan", ROOT / "scripts" / "memory_plan.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("memory_plan")
 
 
 @pytest.mark.parametrize("name", REAL)

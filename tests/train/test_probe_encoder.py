@@ -1,8 +1,6 @@
 """``scripts/probe_encoder.py`` on the tiny cohort: its figures agree with the demo's own computations."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,18 +10,11 @@ from ctvl.data.synthetic_files import load_findings
 from ctvl.demo import clinical_cox_c_index, clinical_matrix
 from ctvl.survival.baselines import fit_and_score
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_encoder.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("probe_encoder", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+from ..conftest import load_script
 
 
 def test_probe_reports_findings_and_cox_rows(tiny_data, capsys):
-    result = _load_script().main(["--run", str(tiny_data.root)])
+    result = load_script("probe_encoder").main(["--run", str(tiny_data.root)])
     manifest = pd.read_csv(tiny_data.manifest)
     assert result["n_valid"] == int((manifest["split"] == "validation").sum())
     assert result["feature_dim"] == 256  # the tiny encoder: 8 x 32 channels
@@ -54,7 +45,7 @@ def test_image_risk_probe_cross_fits_the_train_split():
     rng = np.random.default_rng(0)
     X, target = rng.standard_normal((120, 80)), rng.standard_normal(120)
     train = np.arange(120) < 90
-    risk, r2 = _load_script().image_risk_probe(X, target, train, ~train)
+    risk, r2 = load_script("probe_encoder").image_risk_probe(X, target, train, ~train)
     in_sample = RidgeCV(alphas=np.logspace(-2, 4, 25)).fit(X[train], target[train]).predict(X[train])
     assert np.corrcoef(in_sample, target[train])[0, 1] > 0.5
     assert abs(np.corrcoef(risk[train], target[train])[0, 1]) < 0.3

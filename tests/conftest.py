@@ -51,7 +51,7 @@ TINY_VISION = VisionConfig(layers=(1, 1, 1, 1), base_width=8)
 
 
 def tiny_model_config(encoder_checkpoint: str, **survival) -> CTVLConfig:
-    """The tiny model of the tests: ``TINY_VISION`` with ``encoder_checkpoint``, a 2-layer decoder, LoRA r=4."""
+    """The tests' tiny model: ``TINY_VISION`` + ``encoder_checkpoint``, a 2-layer decoder, LoRA r=4."""
     return CTVLConfig(
         vision=replace(TINY_VISION, checkpoint=encoder_checkpoint),
         decoder=DecoderConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
@@ -62,7 +62,7 @@ def tiny_model_config(encoder_checkpoint: str, **survival) -> CTVLConfig:
 
 
 def prepare_tiny_cohort(root: Path, n_cases: int, seed: int):
-    """A :class:`ctvl.demo.DemoData` of ``n_cases`` synthetic 32^3 volumes at 10 mm (caches, VQA pairs, encoder)."""
+    """:class:`ctvl.demo.DemoData` of ``n_cases`` synthetic 32^3 volumes at 10 mm (caches, VQA, encoder)."""
     from ctvl.demo import prepare_demo_data
 
     cohort = SyntheticCohortConfig(n_cases=n_cases, shape=(32, 32, 32), spacing=(10.0, 10.0, 10.0), seed=seed)

@@ -39,7 +39,7 @@ def test_probe_reports_findings_and_cox_rows(tiny_data, capsys):
 
 
 def test_image_risk_probe_cross_fits_the_train_split():
-    """On pure-noise features an in-sample ridge fit tracks the train target; the cross-fitted risk does not."""
+    """On pure-noise features an in-sample ridge fit tracks the train target; a cross-fitted one does not."""
     from sklearn.linear_model import RidgeCV
 
     rng = np.random.default_rng(0)

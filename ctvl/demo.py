@@ -123,17 +123,26 @@ def clinical_matrix(df, covariates=CLINICAL_COVARIATES):
     return df[[*covariates, "male", "smoker"]].to_numpy(float)
 
 
+def split_cox_c_index(df, X, seed: int = 0) -> float:
+    """Harrell's C on the validation split of a CoxPH fitted on the train split.
+
+    Args:
+        df: cohort table with ``split`` (train / validation), ``event`` and ``time``.
+        X: ``(len(df), d)`` covariates, rows in ``df``'s order.
+    """
+    from ctvl.survival.baselines import fit_and_score
+
+    train, test = (df["split"] == "train").to_numpy(), (df["split"] == "validation").to_numpy()
+    y = lambda m: (df["event"][m].to_numpy().astype(bool), df["time"][m].to_numpy(float))  # noqa: E731
+    return float(fit_and_score("coxph", X[train], y(train), X[test], y(test), seed=seed)["c_index"])
+
+
 def clinical_cox_c_index(manifest: Path, covariates=CLINICAL_COVARIATES) -> float:
     """Harrell's C on the validation split of a CoxPH fitted on clinical covariates of the train split."""
     import pandas as pd
 
-    from ctvl.survival.baselines import fit_and_score
-
     df = pd.read_csv(manifest)
-    X = clinical_matrix(df, covariates)
-    train, test = (df["split"] == "train").to_numpy(), (df["split"] == "validation").to_numpy()
-    y = lambda m: (df["event"][m].to_numpy().astype(bool), df["time"][m].to_numpy(float))  # noqa: E731
-    return float(fit_and_score("coxph", X[train], y(train), X[test], y(test))["c_index"])
+    return split_cox_c_index(df, clinical_matrix(df, covariates))
 
 
 def predict_and_evaluate(out: Path, model_dir: Path, data: DemoData, n_generate: int = 12) -> tuple[Path, dict]:

@@ -72,8 +72,7 @@ def probe(run: Path, seed: int = 0) -> dict:
 
     from ctvl.data.synthetic import compute_image_features, oracle_c_index
     from ctvl.data.synthetic_files import load_findings
-    from ctvl.demo import clinical_matrix
-    from ctvl.survival.baselines import fit_and_score
+    from ctvl.demo import clinical_matrix, split_cox_c_index
 
     manifest = pd.read_csv(run / "cohort" / "manifest.csv")
     findings = pd.read_csv(run / "cohort" / "findings.csv").set_index("case_id").loc[manifest["case_id"]]
@@ -95,11 +94,9 @@ def probe(run: Path, seed: int = 0) -> dict:
     image_risk, r2 = image_risk_probe(X, manifest["log_hazard_image"].to_numpy(float), train, valid, seed)
 
     clinical = clinical_matrix(manifest)
-    y_train = (manifest["event"][train].to_numpy(bool), manifest["time"][train].to_numpy(float))
-    y_valid = (manifest["event"][valid].to_numpy(bool), manifest["time"][valid].to_numpy(float))
 
     def cox_c(X_: np.ndarray) -> float:
-        return float(fit_and_score("coxph", X_[train], y_train, X_[valid], y_valid, seed=seed)["c_index"])
+        return split_cox_c_index(manifest, X_, seed)
 
     c_index = {
         "clinical only": cox_c(clinical),

@@ -92,6 +92,9 @@ HILUM = {"right": ((45.0, -15.0, 22.0), (20.0, 24.0, 30.0)),
 HEART = ((-15.0, 28.0, -45.0), (60.0, 50.0, 48.0))
 LIVER = ((55.0, 25.0, -150.0), (100.0, 85.0, 75.0))
 ADRENAL = {"right": (28.0, -58.0, -130.0), "left": (-42.0, -50.0, -128.0)}
+PERIADRENAL_FAT = (18.0, 24.0, 28.0)
+"""Semi-axes (mm) of the retroperitoneal fat around each adrenal: on CT an adrenal mass stands out
+against fat, not against solid organs."""
 _AIRWAYS = (((0, -25, 170), (0, -25, 45), 9.0), ((0, -25, 45), (38, -25, 18), 6.5),
             ((0, -25, 45), (-45, -28, 15), 6.0))
 _VESSEL_TREE = {
@@ -220,6 +223,7 @@ def _paint_organs(labels: np.ndarray, g: _Grid) -> None:
     cavity = (Label.ABDOMEN, Label.MEDIASTINAL_FAT) + LUNG_LABELS
     _paint(labels, _ellipsoid(g, *LIVER), Label.LIVER, only=cavity)
     for center in ADRENAL.values():
+        _paint(labels, _ellipsoid(g, center, PERIADRENAL_FAT), Label.FAT, only=(Label.ABDOMEN,))
         _paint(labels, _ellipsoid(g, center, (5.0, 12.0, 16.0)), Label.ADRENAL)
     _paint(labels, _capsule(g, (-8, -40, 170), (-8, -40, -120), 7.0), Label.ESOPHAGUS)
     for segments in _VESSEL_TREE.values():

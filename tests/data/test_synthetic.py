@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 from scipy.spatial import ConvexHull
 
 from ctvl.config import SyntheticCohortConfig
@@ -224,6 +225,19 @@ def test_metastases_land_in_their_organs(cohort):
     assert lesion.any() and np.isin(make_label_map(_clean(g), **FINE)[lesion], bone).all()
     level = int(re.match(r"T(\d+)", g.bone_lesion_site).group(1))
     assert abs(_centroid_mm(lesion, FINE["spacing"])[2] - (150 - 24 * (level - 0.58))) < 8
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_adrenal_metastasis_stands_out_against_fat(side):
+    # Retroperitoneal fat surrounds the adrenal, so a soft-tissue mass there is visible on CT.
+    f = Findings("c", 0, contrast=True, adrenal_met_side=side, adrenal_met_size_mm=24)
+    labels = make_label_map(f, **FINE)
+    met = labels == Label.ADRENAL_MET
+    ring = ndimage.binary_dilation(met, iterations=2) & ~met
+    fat = ring & (labels == Label.FAT)
+    assert fat.sum() > 0.5 * ring.sum()  # the rest: adrenal, liver, spine or aorta, by side
+    hu = make_volume(f, **FINE, rng=0).astype(float)
+    assert hu[met].mean() - hu[fat].mean() > 100
 
 
 def test_vessel_compression_narrows_the_lumen():

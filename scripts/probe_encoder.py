@@ -11,7 +11,10 @@ averages each case's feature map over (x, y, z), standardises on the train split
   (what a perfect encoder allows); and the oracle (the true log-hazard);
 * validation Harrell's C of CoxPH models on clinical covariates plus the *true* value of each imaging
   feature of the survival truth (``compute_image_features``), one at a time, then all of them with and
-  without ``metastatic_sites``: which findings carry the risk that clinical staging misses.
+  without ``metastatic_sites``: which findings carry the risk that clinical staging misses;
+* how good an encoder's reading of the metastatic sites must be: CoxPH on clinical covariates plus the
+  true site count blurred by Gaussian noise of growing SD, next to the AUC with which that blurred
+  count detects any metastasis (mean over repeated draws).
 
 The gap between the last two CoxPH rows and the first says how much of the survival signal the encoder
 leaves on the table; the per-finding AUCs say which findings it misses.
@@ -63,6 +66,33 @@ def image_risk_probe(X: np.ndarray, target: np.ndarray, train: np.ndarray, valid
     return risk, float(ridge.score(X[valid], target[valid]))
 
 
+def noisy_feature_c_index(cox_c, clinical: np.ndarray, feature: np.ndarray, sds=(0.0, 0.3, 0.5, 0.8, 1.2, 2.0),
+                          repeats: int = 20, seed: int = 0) -> dict[float, tuple[float, float]]:
+    """What a blurred reading of ``feature`` adds to clinical covariates.
+
+    For each noise SD: ``feature + N(0, sd^2)`` (``repeats`` draws), the AUC with which it detects
+    ``feature > 0`` over all cases, and ``cox_c`` (validation C of a CoxPH fitted on the train split)
+    of ``[clinical, blurred feature]``.
+
+    Args:
+        cox_c: ``(n, d) covariates -> C``.
+        clinical: ``(n, k)`` clinical covariates.
+        feature: ``(n,)`` a true imaging feature (e.g. the number of metastatic sites).
+
+    Returns:
+        ``{sd: (mean detection AUC, mean C)}``; ``sd = 0`` gives the true feature's C.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for sd in sds:
+        draws = [feature + rng.normal(0.0, sd, len(feature)) for _ in range(repeats if sd > 0 else 1)]
+        auc = np.mean([roc_auc_score(feature > 0, d) for d in draws])
+        out[float(sd)] = (float(auc), float(np.mean([cox_c(np.c_[clinical, d]) for d in draws])))
+    return out
+
+
 def probe(run: Path, seed: int = 0) -> dict:
     """Probe AUCs per finding, the image-risk R^2 and the CoxPH C-indices (see the module docstring)."""
     from sklearn.linear_model import LogisticRegression
@@ -111,8 +141,10 @@ def probe(run: Path, seed: int = 0) -> dict:
     others = [name for name in truth.columns if name != "metastatic_sites"]
     c_true["+ all but metastatic_sites"] = cox_c(np.c_[clinical, truth[others]])
     c_true["+ all"] = cox_c(np.c_[clinical, truth])
+    blurred = noisy_feature_c_index(cox_c, clinical, truth["metastatic_sites"].to_numpy(float), seed=seed)
     return {"n_train": int(train.sum()), "n_valid": int(valid.sum()), "feature_dim": X.shape[1],
-            "finding_auc": aucs, "image_risk_r2": r2, "c_index": c_index, "c_index_true_features": c_true}
+            "finding_auc": aucs, "image_risk_r2": r2, "c_index": c_index, "c_index_true_features": c_true,
+            "c_index_blurred_metastatic_sites": blurred}
 
 
 def main(argv=None) -> dict:
@@ -132,6 +164,10 @@ def main(argv=None) -> dict:
     print("validation Harrell's C of CoxPH on clinical covariates + true imaging features:")
     for name, c in result["c_index_true_features"].items():
         print(f"  {name:32s} {c:.3f}")
+    print("validation Harrell's C of CoxPH on clinical covariates + metastatic_sites blurred by noise:")
+    print(f"  {'noise SD':>8s} {'AUC (any metastasis)':>22s} {'C':>7s}")
+    for sd, (auc, c) in result["c_index_blurred_metastatic_sites"].items():
+        print(f"  {sd:8.1f} {auc:22.3f} {c:7.3f}")
     return result
 
 

@@ -25,7 +25,8 @@ def test_probe_reports_findings_and_cox_rows(tiny_data, capsys):
                         oracle_c_index(manifest[manifest["split"] == "validation"]), abs_tol=1e-12)
     assert all(0.0 <= v <= 1.0 for v in [*c.values(), *result["finding_auc"].values()])
     assert result["finding_auc"] and math.isfinite(result["image_risk_r2"])
-    assert "clinical + true image risk" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "clinical + true image risk" in out and "blurred by noise" in out
     # Clinical + one true imaging feature: the same CoxPH fitted here from the cohort's findings.json.
     true_c = result["c_index_true_features"]
     assert {"+ metastatic_sites", "+ all but metastatic_sites", "+ all"} <= set(true_c)
@@ -36,6 +37,11 @@ def test_probe_reports_findings_and_cox_rows(tiny_data, capsys):
     y = lambda m: (manifest["event"][m].to_numpy(bool), manifest["time"][m].to_numpy(float))  # noqa: E731
     expected = fit_and_score("coxph", X[train], y(train), X[valid], y(valid), seed=0)["c_index"]
     assert math.isclose(true_c["+ metastatic_sites"], expected, abs_tol=1e-12)
+    # Blurring the true site count: no noise is the true-feature row; detection AUC falls with the noise.
+    blurred = result["c_index_blurred_metastatic_sites"]
+    assert math.isclose(blurred[0.0][1], expected, abs_tol=1e-12) and blurred[0.0][0] == 1.0
+    aucs = [auc for auc, _ in blurred.values()]
+    assert aucs == sorted(aucs, reverse=True) and aucs[-1] < 0.8
 
 
 def test_image_risk_probe_cross_fits_the_train_split():

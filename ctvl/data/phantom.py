@@ -5,11 +5,11 @@ of view and scaled by ``min(1, FOV / 320 mm)`` per axis (and the patient's ``bod
 any grid holds a whole chest; lesion sizes are physical mm. :func:`make_label_map` paints tissue
 :class:`Label` values (body wall, fat, lobes, mediastinum, heart, great vessels, airways, spine, ribs,
 liver dome, adrenals, then the case's findings); :func:`make_volume` turns them into Hounsfield units
-with tissue texture and noise. What a case holds is decided in :mod:`ctvl.data.synthetic`
-(:class:`~ctvl.data.synthetic.Findings`); this module only draws it.
+with tissue texture and noise. What a case holds is decided in :mod:`ctvl.data.findings`
+(:class:`~ctvl.data.findings.Findings`); this module only draws it.
 
 Example:
-    >>> from ctvl.data.synthetic import make_findings
+    >>> from ctvl.data.findings import make_findings
     >>> f = make_findings(np.random.default_rng(0))
     >>> make_volume(f, shape=(32, 32, 32), spacing=(10.0, 10.0, 10.0)).shape
     (32, 32, 32)
@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 if TYPE_CHECKING:
-    from ctvl.data.synthetic import Findings
+    from ctvl.data.findings import Findings
 
 REF_FOV_MM = 320.0
 """Field of view (mm) the reference anatomy is laid out for; smaller FOVs shrink the anatomy."""

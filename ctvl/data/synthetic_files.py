@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from ctvl.config import SyntheticCohortConfig
-from ctvl.data.synthetic import Findings, make_case_volume, make_cohort
+from ctvl.data.findings import Findings
+from ctvl.data.synthetic import make_case_volume, make_cohort
 
 log = logging.getLogger(__name__)
 

@@ -12,21 +12,9 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 
 from ctvl.config import SyntheticCohortConfig
-from ctvl.data.synthetic import (
-    LOBE_LABELS,
-    LOBES,
-    NODE_STATIONS,
-    Findings,
-    Label,
-    LymphNode,
-    compute_stage,
-    compute_tnm,
-    make_case_volume,
-    make_cohort,
-    make_label_map,
-    make_volume,
-    oracle_c_index,
-)
+from ctvl.data.findings import NODE_STATIONS, Findings, LymphNode, compute_stage, compute_tnm
+from ctvl.data.phantom import LOBE_LABELS, LOBES, Label, make_label_map, make_volume
+from ctvl.data.synthetic import make_case_volume, make_cohort, oracle_c_index
 from ctvl.data.synthetic_files import load_findings, write_cohort
 
 FINE = dict(shape=(128, 128, 128), spacing=(2.5, 2.5, 2.5))  # 320 mm FOV, fine enough to measure sizes

@@ -21,8 +21,7 @@ import torch
 from ctvl.config import RunConfig, TrainConfig, replace
 from ctvl.demo import CONFIGS
 
-from ..conftest import TINY_PREPROCESS as PREPROCESS
-from ..conftest import prepare_tiny_cohort, tiny_model_config
+from ..conftest import TINY_PREPROCESS, prepare_tiny_cohort, tiny_model_config
 
 TEMPLATE = CONFIGS / "clinical" / "synthetic.yaml"
 
@@ -47,7 +46,7 @@ def _fit(cohort, model_cfg, out_dir: Path, stage: str, **train):
 
     base = dict(out_dir=str(out_dir), micro_batch_size=8, grad_accum_steps=1, lr=3e-3, warmup_steps=1,
                 max_steps=3, log_interval=3, eval_interval=0, save_interval=0, use_deepspeed="no")
-    cfg = RunConfig(model=model_cfg, data=cohort.data_config(max_length=80), preprocess=PREPROCESS,
+    cfg = RunConfig(model=model_cfg, data=cohort.data_config(max_length=80), preprocess=TINY_PREPROCESS,
                     train=TrainConfig(stage=stage, **{**base, **train}))
     fit(cfg, progress=False)
     return out_dir / "model"

@@ -11,7 +11,7 @@ from ctvl.infer.evaluate import load_reference_answers, run_evaluate
 from ctvl.infer.predict import load_predictions, run_predict
 from ctvl.survival.metrics import antolini_c, harrell_c, logrank_test, uno_c
 
-from .conftest import PREPROCESS
+from ..conftest import TINY_PREPROCESS
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_deephit_antolini_from_survival_columns(cohort, deephit_model, tmp_path)
         image=lambda d: [str((cohort.manifest.parent / p).resolve()) for p in d["image"]])
     validation.to_csv(tmp_path / "validation.csv", index=False)
     out = tmp_path / "dh.csv"  # DeepHit curves need no train-split predictions
-    run_predict(deephit_model, tmp_path / "validation.csv", out, preprocess_cfg=PREPROCESS, workers=0,
+    run_predict(deephit_model, tmp_path / "validation.csv", out, preprocess_cfg=TINY_PREPROCESS, workers=0,
                 batch_size=10, progress=False)
     metrics = run_evaluate(out, cohort.manifest, tmp_path / "eval", bootstrap=50)
     ev, _ = _validation(out, cohort.manifest)

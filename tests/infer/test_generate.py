@@ -9,7 +9,7 @@ import pytest
 from ctvl.infer.generate import load_answers, run_generate
 from ctvl.infer.predict import load_predictions, run_predict
 
-from .conftest import PREPROCESS
+from ..conftest import TINY_PREPROCESS
 
 QUESTIONS = [("tumor", "What is the location and size of the primary lung tumor?"),
              ("pleura", "Is there any pleural involvement or effusion present?")]
@@ -28,7 +28,7 @@ def subset(cohort, tmp_path_factory):
 def generated(deephit_model, subset, template, tmp_path_factory):
     out = tmp_path_factory.mktemp("gen_out")
     summary = run_generate(deephit_model, subset, out, clinical_template=str(template), questions=QUESTIONS,
-                           preprocess_cfg=PREPROCESS, max_new_tokens=6, batch_size=4, progress=False)
+                           preprocess_cfg=TINY_PREPROCESS, max_new_tokens=6, batch_size=4, progress=False)
     return summary, out
 
 
@@ -39,7 +39,7 @@ def test_answers_jsonl_and_reports(generated, deephit_model, subset, template, t
     assert all(set(r) == {"case_id", "question_id", "question", "answer", "risk"} for r in records)
     assert {r["question_id"] for r in records} == {"tumor", "pleura"}
     run_predict(deephit_model, subset, tmp_path / "p.csv", clinical_template=str(template),
-                questions=QUESTIONS, preprocess_cfg=PREPROCESS, workers=0, progress=False)
+                questions=QUESTIONS, preprocess_cfg=TINY_PREPROCESS, workers=0, progress=False)
     pred = load_predictions(tmp_path / "p.csv").set_index("case_id")
     for r in records:  # the risk next to each answer is the one predict writes
         assert r["risk"] == pytest.approx(pred.loc[r["case_id"], f"risk_{r['question_id']}"], abs=1e-6)
@@ -58,7 +58,7 @@ def test_batched_greedy_answers_equal_one_case_at_a_time(generated, deephit_mode
                                                          tmp_path):
     _, out = generated
     run_generate(deephit_model, subset, tmp_path, clinical_template=str(template), questions=QUESTIONS,
-                 preprocess_cfg=PREPROCESS, max_new_tokens=6, batch_size=1, progress=False)
+                 preprocess_cfg=TINY_PREPROCESS, max_new_tokens=6, batch_size=1, progress=False)
     key = lambda r: (r["case_id"], r["question_id"])  # noqa: E731
     batched = {key(r): r["answer"] for r in load_answers(out / "answers.jsonl")}
     single = {key(r): r["answer"] for r in load_answers(tmp_path / "answers.jsonl")}
@@ -71,8 +71,8 @@ def test_resume_skips_answered_cases_and_drops_a_torn_line(generated, deephit_mo
     lines = (out / "answers.jsonl").read_text().splitlines()
     (tmp_path / "answers.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:10])  # killed mid-line
     summary = run_generate(deephit_model, subset, tmp_path, clinical_template=str(template),
-                           questions=QUESTIONS, preprocess_cfg=PREPROCESS, max_new_tokens=6, batch_size=4,
-                           progress=False)
+                           questions=QUESTIONS, preprocess_cfg=TINY_PREPROCESS, max_new_tokens=6,
+                           batch_size=4, progress=False)
     answered_first = json.loads(lines[0])["case_id"]
     assert summary.n_skipped == 1 and summary.n_generated == 3  # only the complete first case was kept
     assert len(load_answers(tmp_path / "answers.jsonl")) == 8

@@ -12,7 +12,7 @@ from ctvl.infer import predict as predict_module
 from ctvl.infer.predict import load_predictions, merge_shards, run_predict
 from ctvl.utils.errors import load_errors
 
-from .conftest import PREPROCESS
+from ..conftest import TINY_PREPROCESS
 
 QIDS = ["tumor", "lymph_nodes", "pleura", "metastases", "vessels", "skeleton"]
 
@@ -153,14 +153,14 @@ def test_shards_merge_to_the_single_process_output(cohort, cox_model, manifest_p
 def test_deephit_writes_survival_probabilities(cohort, deephit_model, tmp_path):
     path, _ = _subset(cohort, tmp_path, 4)
     out = tmp_path / "dh.csv"
-    run_predict(deephit_model, path, out, preprocess_cfg=PREPROCESS, workers=0, progress=False)
+    run_predict(deephit_model, path, out, preprocess_cfg=TINY_PREPROCESS, workers=0, progress=False)
     df = load_predictions(out)
     cuts = json.loads((deephit_model / "time_bins.json").read_text())["cuts"]
     assert [c for c in df.columns if c.startswith("surv_")] == [f"surv_{c:.10g}" for c in cuts]
     surv = df[[f"surv_{c:.10g}" for c in cuts]].to_numpy()
     assert surv.shape == (4, len(cuts)) and ((surv >= 0) & (surv <= 1)).all()
     assert (np.diff(surv, axis=1) <= 1e-7).all() and surv.std() > 0
-    run_predict(deephit_model, path, tmp_path / "h.csv", preprocess_cfg=PREPROCESS, horizons=[-1.0, 1e9],
+    run_predict(deephit_model, path, tmp_path / "h.csv", preprocess_cfg=TINY_PREPROCESS, horizons=[-1.0, 1e9],
                 workers=0, progress=False)
     h = load_predictions(tmp_path / "h.csv")
     np.testing.assert_allclose(h["surv_-1"], 1.0)  # before the first cut nothing has happened

@@ -2,8 +2,6 @@
 
 import pytest
 
-from ..conftest import TINY_PREPROCESS as PREPROCESS  # noqa: F401  (imported by the test modules)
-from ..conftest import TINY_VISION as VISION  # noqa: F401
 from ..conftest import prepare_tiny_cohort, tiny_model_config
 
 

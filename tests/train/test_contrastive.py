@@ -20,10 +20,10 @@ from ctvl.train import clip_loss, contrastive
 from ctvl.train.clip_loss import load_clip_loss_class
 from ctvl.train.contrastive import fit_contrastive
 
-from .conftest import PREPROCESS, VISION
+from ..conftest import TINY_PREPROCESS, TINY_VISION
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAIN_VISION = replace(VISION, frozen=False)
+TRAIN_VISION = replace(TINY_VISION, frozen=False)
 NEEDS_OPEN_CLIP = pytest.mark.skipif(importlib.util.find_spec("open_clip") is None,
                                      reason="open_clip not installed: pip install 'ctvl[clip]'")
 
@@ -90,7 +90,7 @@ def make_config(tiny_data, out_dir: Path, **train) -> RunConfig:
                 use_deepspeed="no")
     return RunConfig(model=CTVLConfig(vision=TRAIN_VISION),
                      data=DataConfig(manifest=str(tiny_data.manifest), image_cache=str(tiny_data.image_cache)),
-                     train=TrainConfig(**{**base, **train}), preprocess=PREPROCESS,
+                     train=TrainConfig(**{**base, **train}), preprocess=TINY_PREPROCESS,
                      contrastive=ContrastiveConfig(embed_dim=64, max_text_length=64))
 
 
@@ -116,7 +116,7 @@ def test_loss_falls_below_chance(stage0):
 def test_encoder_is_trained_and_loads_strictly(stage0):
     cfg, result = stage0
     path = result.out_dir / "encoder" / "merlin_encoder.pt"
-    trained = load_merlin_image_encoder(path, VISION).state_dict()  # strict: every key, every shape
+    trained = load_merlin_image_encoder(path, TINY_VISION).state_dict()  # strict: every key, every shape
     torch.manual_seed(cfg.train.seed)
     initial = build_image_encoder(TRAIN_VISION).state_dict()
     assert trained.keys() == initial.keys()
@@ -145,10 +145,10 @@ def test_stage1_starts_from_the_stage0_encoder(stage0, tiny_data, tiny_model_cfg
     _, result = stage0
     path = result.out_dir / "encoder" / "merlin_encoder.pt"
     model_cfg = replace(tiny_model_cfg, vision=replace(tiny_model_cfg.vision, checkpoint=str(path)))
-    cfg = RunConfig(model=model_cfg, data=replace(tiny_data.data_config(), feature_cache=""), preprocess=PREPROCESS,
-                    train=TrainConfig(stage="vqa"))
+    cfg = RunConfig(model=model_cfg, data=replace(tiny_data.data_config(), feature_cache=""),
+                    preprocess=TINY_PREPROCESS, train=TrainConfig(stage="vqa"))
     model = build_model(cfg, load_vqa_pairs(tiny_data.vqa)[:20])
-    expected = load_merlin_image_encoder(path, VISION).state_dict()
+    expected = load_merlin_image_encoder(path, TINY_VISION).state_dict()
     for key, value in model.vision.state_dict().items():
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
 
@@ -169,7 +169,7 @@ def test_cli_trains_stage0_from_the_shipped_config(tiny_data, tmp_path):
     assert status == 0
     assert len(pd.read_csv(out / "metrics.csv")) == 3
     assert load_config(RunConfig, out / "run_config.yaml").train.stage == "contrastive"
-    load_merlin_image_encoder(out / "encoder" / "merlin_encoder.pt", VISION)
+    load_merlin_image_encoder(out / "encoder" / "merlin_encoder.pt", TINY_VISION)
 
 
 def test_real_stage0_config_feeds_the_real_stage1_encoder():

@@ -12,7 +12,7 @@ import pytest
 
 from ctvl.models.vision3d import load_merlin_image_encoder
 
-from .conftest import VISION
+from ..conftest import TINY_VISION
 from .test_contrastive import make_config
 from .test_distributed_train import DS_CONFIGS, _free_port, _launch
 
@@ -86,4 +86,5 @@ def test_zero3_on_two_ranks_trains_and_exports_the_encoder(tiny_data, tmp_path):
                       use_deepspeed="yes", deepspeed_config=str(DS_CONFIGS / "zero3.json"), zero_stage=3)
     metrics = _launch(cfg, tmp_path, "stage0")
     assert list(metrics["step"]) == [1, 2, 3] and metrics["loss"].notna().all()
-    load_merlin_image_encoder(tmp_path / "z3" / "encoder" / "merlin_encoder.pt", VISION)  # gathered, full shapes
+    # gathered, full shapes
+    load_merlin_image_encoder(tmp_path / "z3" / "encoder" / "merlin_encoder.pt", TINY_VISION)

@@ -12,7 +12,7 @@ import yaml
 
 from ctvl.config import RunConfig, TrainConfig, to_dict
 
-from .conftest import PREPROCESS
+from ..conftest import TINY_PREPROCESS
 
 DS_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 
@@ -42,11 +42,11 @@ def test_two_stages_on_two_ranks(zero, tiny_data, tiny_model_cfg, tmp_path):
                   eval_interval=0, save_interval=0, use_deepspeed="yes",
                   deepspeed_config=str(DS_CONFIGS / f"{zero}.json"))
     data = tiny_data.data_config(max_length=80)
-    s1 = RunConfig(model=tiny_model_cfg, data=data, preprocess=PREPROCESS,
+    s1 = RunConfig(model=tiny_model_cfg, data=data, preprocess=TINY_PREPROCESS,
                    train=TrainConfig(stage="vqa", out_dir=str(tmp_path / "s1"), lr=1e-2, **common))
     m1 = _launch(s1, tmp_path, "stage1")
     assert m1["loss"].notna().all() and m1["loss"].iloc[-2:].mean() < m1["loss"].iloc[:2].mean()
-    s2 = RunConfig(model=tiny_model_cfg, data=data, preprocess=PREPROCESS,
+    s2 = RunConfig(model=tiny_model_cfg, data=data, preprocess=TINY_PREPROCESS,
                    train=TrainConfig(stage="survival", out_dir=str(tmp_path / "s2"), lr=5e-3,
                                      init_from=str(tmp_path / "s1" / "model"), event_aware_sampler=True, **common))
     m2 = _launch(s2, tmp_path, "stage2")

@@ -6,17 +6,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ctvl.config import RunConfig, TrainConfig, replace
+from ctvl.config import RunConfig, TrainConfig
 from ctvl.models.ctvl import CTVLModel
 from ctvl.train.loop import fit
 
-from .conftest import PREPROCESS
+from ..conftest import TINY_PREPROCESS
 
 
 def _run(tmp_path, data, model_cfg, stage, **train):
     base = dict(out_dir=str(tmp_path / stage), micro_batch_size=8, grad_accum_steps=2, lr=3e-3, warmup_steps=1,
                 max_steps=4, log_interval=1, eval_interval=4, save_interval=2, keep_last=1, use_deepspeed="no")
-    cfg = RunConfig(model=model_cfg, data=data.data_config(max_length=80), preprocess=PREPROCESS,
+    cfg = RunConfig(model=model_cfg, data=data.data_config(max_length=80), preprocess=TINY_PREPROCESS,
                     train=TrainConfig(stage=stage, **{**base, **train}))
     return fit(cfg, progress=False)
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from ctvl.config import RunConfig, TrainConfig, replace, to_dict
 from ctvl.train.loop import fit
 
-from .conftest import PREPROCESS
+from ..conftest import TINY_PREPROCESS
 
 
 def _exported(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -30,7 +30,8 @@ def _config(tiny_data, tiny_model_cfg, out_dir: Path) -> RunConfig:
                         warmup_steps=3, max_steps=40, log_interval=5, eval_interval=0, save_interval=4, keep_last=2,
                         use_deepspeed="no", seed=7)
     model = replace(tiny_model_cfg, lora=replace(tiny_model_cfg.lora, dropout=0.1))  # RNG matters on resume
-    return RunConfig(model=model, data=tiny_data.data_config(max_length=80), preprocess=PREPROCESS, train=train)
+    return RunConfig(model=model, data=tiny_data.data_config(max_length=80), preprocess=TINY_PREPROCESS,
+                     train=train)
 
 
 def _wait_for_checkpoint(proc, latest: Path, timeout: float = 240.0) -> str:

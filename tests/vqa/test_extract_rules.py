@@ -93,3 +93,15 @@ def test_sections_and_not_mentioned_normalisation():
     for answer in ("No pleural effusion.", "None of the lymph nodes is enlarged.", "Not enlarged."):
         assert normalise_answer(answer, "NM") == answer
     assert normalise_answer(["RUL mass", "24 mm"], "NM") == "RUL mass; 24 mm"
+
+
+
+def test_emphysema_answers_none_of_the_six_questions():
+    # Chest-CT reports often describe emphysema, which none of the six questions asks about; a
+    # "subpleural" or lobar emphysema sentence is neither a pleural nor a tumour answer.
+    report = ("Subpleural paraseptal emphysema in both upper lobes. "
+              "Bullous emphysematous changes in the right upper lobe, the largest bulla measuring 4 cm. "
+              "A 2.5 cm mass in the right upper lobe.")
+    got = answers(report)
+    assert got["tumor"] == "A 2.5 cm mass in the right upper lobe."
+    assert not any("emphysema" in text.lower() for text in got.values()), got

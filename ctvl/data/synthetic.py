@@ -219,19 +219,17 @@ def _add_survival(df: pd.DataFrame, cfg: SyntheticCohortConfig) -> None:
 def oracle_c_index(df: pd.DataFrame, risk: str = "true_log_hazard") -> float:
     """Harrell's C of the true log-hazard: the best C-index any model can expect on this cohort.
 
-    Uses lifelines' ``concordance_index`` (which expects predicted times, hence ``-risk``).
+    Uses :func:`ctvl.survival.metrics.harrell_c`, which equals scikit-survival's and lifelines' C
+    (``tests/survival/test_metrics.py``).
 
     Args:
         df: table with ``time``, ``event`` and the ``risk`` column (e.g. from :func:`make_cohort`).
         risk: column holding a log-hazard (higher = earlier death).
     """
+    from ctvl.survival.metrics import harrell_c
+
     missing = {"time", "event", risk} - set(df.columns)
     if missing:
         raise ValueError(f"oracle_c_index: table lacks column(s) {sorted(missing)}")
-    # TODO(#foundation): switch to ctvl.survival.metrics once it lands (same value, O(n log n)).
-    try:
-        from lifelines.utils import concordance_index
-    except ImportError as err:  # lifelines is an optional dependency (extra "survival-refs")
-        raise ImportError("oracle_c_index needs lifelines: pip install 'ctvl[survival-refs]'") from err
-
-    return float(concordance_index(df["time"], -df[risk], df["event"]))
+    concordance = harrell_c(df[risk].to_numpy(float), df["event"].to_numpy(bool), df["time"].to_numpy(float))
+    return float(concordance.cindex)

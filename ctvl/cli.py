@@ -327,6 +327,7 @@ def _as(cls, ns: Namespace):
     if isinstance(ns, cls):
         return ns
     values = ns.as_dict() if isinstance(ns, Namespace) else dict(ns)
+    values.pop("__path__", None)  # set by jsonargparse when the group came from a file (--cohort file.yaml)
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 

@@ -10,6 +10,7 @@ Sub-commands:
     preprocess  Merlin preprocessing of a manifest or CT-RATE folder into a float16 cache
     build-vqa   question-answer pairs from radiology reports (rules or a local instruct LLM)
     import-review  apply a clinician-reviewed review.csv to a build-vqa output
+    pretrain-encoder  phenotype pre-training of the image encoder from a label table (Merlin layout out)
     encode      run the frozen image encoder once over a preprocessed cache (feature cache)
     train       one training stage (0: image-report alignment, 1: VQA pre-training, 2: survival fine-tuning)
     predict     risk scores for CT volumes (mean over the six questions), resumable, sharded
@@ -99,6 +100,17 @@ def _import_review(args: Namespace) -> int:
     return 0
 
 
+def _pretrain_encoder(args: Namespace) -> int:
+    from ctvl.train.encoder_pretrain import run_pretrain_encoder
+
+    path, history = run_pretrain_encoder(args.labels, args.cache, args.out, _as(VisionConfig, args.vision),
+                                         split=args.split or None, epochs=args.epochs,
+                                         batch_size=args.batch_size, lr=args.lr, holdout=args.holdout,
+                                         seed=args.seed, device=args.device)
+    log.info("encoder (epoch %d of %d) written to %s", history.best_epoch, len(history.train), path)
+    return 0
+
+
 def _encode(args: Namespace) -> int:
     from ctvl.infer.encode import run_encode
     from ctvl.models.vision3d import load_merlin_image_encoder
@@ -170,7 +182,8 @@ def _evaluate(args: Namespace) -> int:
 def _demo(args: Namespace) -> int:
     from ctvl.demo import run_demo
 
-    return run_demo(Path(args.out), n_cases=args.n_cases, workers=args.workers, encoder_epochs=args.encoder_epochs)
+    return run_demo(Path(args.out), n_cases=args.n_cases, workers=args.workers, encoder_epochs=args.encoder_epochs,
+                    encoder=Path(args.encoder) if args.encoder else None)
 
 
 def _synth_parser() -> ArgumentParser:
@@ -213,6 +226,26 @@ def _import_review_parser() -> ArgumentParser:
     p.add_argument("--out", required=True, help="The build-vqa output folder.")
     p.add_argument("--review_csv", required=True, help="The reviewed CSV.")
     p.add_argument("--drop_unreviewed", action="store_true", help="Drop pairs with a blank approve cell.")
+    return p
+
+
+def _pretrain_encoder_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Phenotype pre-training of the image encoder from per-volume labels "
+                                   "(for encoders without CT weights); writes Merlin's checkpoint layout.")
+    p.add_argument("--config", action=ActionConfigFile)
+    p.add_argument("--labels", required=True,
+                   help="Table (CSV/Parquet): case_id and labels, e.g. a synthetic cohort's findings.csv.")
+    p.add_argument("--cache", required=True, help="Preprocessed-volume cache (ctvl preprocess).")
+    p.add_argument("--out", required=True, help="Checkpoint to write (for --vision.checkpoint elsewhere).")
+    p.add_argument("--split", default="train", help="Rows whose split column equals this ('' = all rows).")
+    p.add_argument("--epochs", type=int, default=10, help="Passes over the training cases.")
+    p.add_argument("--batch_size", type=int, default=8, help="Volumes per step.")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate.")
+    p.add_argument("--holdout", type=float, default=0.1,
+                   help="Fraction held out; the epoch with the lowest held-out loss is kept (0: the last).")
+    p.add_argument("--seed", type=int, default=0, help="Seed of the initialisation, hold-out draw and order.")
+    p.add_argument("--device", default="cpu", help="Torch device, e.g. cuda.")
+    p.add_class_arguments(VisionConfig, "vision")
     return p
 
 
@@ -294,6 +327,8 @@ def _demo_parser() -> ArgumentParser:
                    help="Synthetic cohort size (default: configs/synthetic/demo.yaml).")
     p.add_argument("--encoder_epochs", type=int, default=20,
                    help="Phenotype pre-training epochs of the tiny encoder (0 = random init).")
+    p.add_argument("--encoder", default=None,
+                   help="Use this tiny-encoder checkpoint (e.g. ctvl pretrain-encoder) instead; with a fresh --out.")
     p.add_argument("--workers", type=int, default=2, help="Preprocessing worker processes.")
     return p
 
@@ -303,6 +338,7 @@ COMMANDS: dict[str, tuple[Callable[[], ArgumentParser], Callable[[Namespace], in
     "preprocess": (_preprocess_parser, _preprocess),
     "build-vqa": (_build_vqa_parser, _build_vqa),
     "import-review": (_import_review_parser, _import_review),
+    "pretrain-encoder": (_pretrain_encoder_parser, _pretrain_encoder),
     "encode": (_encode_parser, _encode),
     "train": (_train_parser, _train),
     "predict": (_predict_parser, _predict),

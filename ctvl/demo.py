@@ -6,7 +6,8 @@ Steps (outputs under ``out``):
 2. ``cache/images`` Merlin preprocessing (tiny sizes) of every volume
 3. ``encoder/``     the tiny encoder, phenotype-trained on the train split's findings and saved in
                     Merlin's checkpoint layout: it stands in for Merlin's CT-pretrained weights, which
-                    are loaded the same way
+                    are loaded the same way (``--encoder`` gives one instead, e.g. pre-trained on a
+                    separate cohort with ``ctvl pretrain-encoder``)
 4. ``cache/features`` frozen-encoder feature cache (``ctvl encode``)
 5. ``vqa/``         question-answer pairs from the reports (rule back-end) + extraction accuracy
 6. ``runs/stage1``  VQA pre-training; ``runs/stage2`` joint survival fine-tuning
@@ -64,26 +65,24 @@ def pretrain_demo_encoder(vision: VisionConfig, image_cache: Path, findings_csv:
     Merlin's encoder learnt from EHR phenotypes and reports; here the labels are the synthetic cohort's
     findings (train split only, so validation stays unseen). ``epochs=0`` keeps the random init.
     """
-    import pandas as pd
-
-    from ctvl.data.preprocess import load_cached
     from ctvl.models.vision3d import build_image_encoder
-    from ctvl.train.encoder_pretrain import pretrain_encoder, save_merlin_checkpoint
+    from ctvl.train.encoder_pretrain import run_pretrain_encoder, save_merlin_checkpoint
 
-    torch.manual_seed(seed)
-    encoder = build_image_encoder(replace(vision, checkpoint=None, frozen=False))
+    vision = replace(vision, checkpoint=None)
     if epochs > 0:
-        labels = pd.read_csv(findings_csv).set_index("case_id")
-        labels = labels[labels["split"] == "train"].drop(columns="split")
-        pretrain_encoder(encoder, lambda c: load_cached(image_cache, c), labels, epochs=epochs, seed=seed,
-                         progress=progress)
-    return save_merlin_checkpoint(encoder, path)
+        return run_pretrain_encoder(findings_csv, image_cache, path, vision, split="train", epochs=epochs,
+                                    holdout=0.0, seed=seed, progress=progress)[0]
+    torch.manual_seed(seed)
+    return save_merlin_checkpoint(build_image_encoder(replace(vision, frozen=False)), path)
 
 
 def prepare_demo_data(out: Path, cohort: SyntheticCohortConfig, preprocess: PreprocessConfig,
                       vision: VisionConfig, *, workers: int = 2, encoder_epochs: int = 0,
-                      progress: bool = True) -> DemoData:
-    """Steps 1-5 of the module docstring; every step resumes when its outputs exist."""
+                      encoder: Optional[Path] = None, progress: bool = True) -> DemoData:
+    """Steps 1-5 of the module docstring; every step resumes when its outputs exist.
+
+    ``encoder``: a Merlin-layout checkpoint of ``vision``'s architecture to use instead of step 3.
+    """
     from ctvl.data.preprocess import run_preprocess
     from ctvl.data.synthetic_files import write_cohort
     from ctvl.infer.encode import run_encode
@@ -100,7 +99,9 @@ def prepare_demo_data(out: Path, cohort: SyntheticCohortConfig, preprocess: Prep
     summary = run_preprocess(manifest, out / "cache" / "images", preprocess, workers=workers, progress=progress)
     if summary.n_failed:
         raise RuntimeError(f"{summary.n_failed} synthetic volumes failed to preprocess: see {summary.errors_path}")
-    ckpt = out / "encoder" / "merlin_tiny.pt"
+    ckpt = Path(encoder) if encoder is not None else out / "encoder" / "merlin_tiny.pt"
+    if encoder is not None and not ckpt.exists():
+        raise FileNotFoundError(f"encoder checkpoint not found: {ckpt}")
     if not ckpt.exists():
         pretrain_demo_encoder(vision, out / "cache" / "images", cohort_dir / "findings.csv", ckpt,
                               epochs=encoder_epochs, progress=progress)
@@ -192,8 +193,13 @@ def _sample_answers(path: Path, n: int = 3) -> list[str]:
     return [f"sample answer [{r['case_id']}] {r['question']} -> {r['answer']}" for r in rows]
 
 
-def run_demo(out: Path, n_cases: Optional[int] = None, workers: int = 2, encoder_epochs: int = 20) -> int:
-    """The whole demo; prints where everything is and the headline numbers."""
+def run_demo(out: Path, n_cases: Optional[int] = None, workers: int = 2, encoder_epochs: int = 20,
+             encoder: Optional[Path] = None) -> int:
+    """The whole demo; prints where everything is and the headline numbers.
+
+    ``encoder``: a tiny-architecture checkpoint (e.g. from ``ctvl pretrain-encoder``) to use instead of
+    pre-training one on the train split; give a fresh ``out``, as finished stages are not rerun.
+    """
     from ctvl.data.synthetic import oracle_c_index
     from ctvl.train.loop import fit
 
@@ -205,7 +211,7 @@ def run_demo(out: Path, n_cases: Optional[int] = None, workers: int = 2, encoder
     stage2 = load_config(RunConfig, CONFIGS / "train" / "stage2_tiny.yaml")
     out = Path(out).resolve()
     data = prepare_demo_data(out, cohort, stage1.preprocess, stage1.model.vision, workers=workers,
-                             encoder_epochs=encoder_epochs)
+                             encoder_epochs=encoder_epochs, encoder=encoder)
     model_cfg: CTVLConfig = replace(stage1.model, vision=replace(stage1.model.vision, checkpoint=str(data.encoder_checkpoint)))
     runs = out / "runs"
     # A rerun resumes each stage from its checkpoint (a finished stage runs no step again).

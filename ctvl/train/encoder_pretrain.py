@@ -7,22 +7,28 @@ can give it the same kind of supervision from any table of per-volume labels: bi
 standardisation; missing values are masked. The result is saved in Merlin's checkpoint layout,
 so everything downstream loads it exactly like Merlin's weights.
 
+Entry points: :func:`run_pretrain_encoder` (a label table and a preprocessed-volume cache in, a
+checkpoint out; ``ctvl pretrain-encoder``) and :func:`pretrain_encoder` (any encoder, any loader).
+
 Example:
-    >>> encoder = pretrain_encoder(encoder, load_image, labels, epochs=10)  # doctest: +SKIP
+    >>> history = pretrain_encoder(encoder, load_image, labels, epochs=10, holdout=0.1)  # doctest: +SKIP
     >>> save_merlin_checkpoint(encoder, "encoder.pt")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ctvl.config import VisionConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,48 +70,92 @@ def phenotype_loss(logits: torch.Tensor, target: torch.Tensor, binary: torch.Ten
     return per.sum() / mask.sum().clamp(min=1)
 
 
+@dataclass
+class PretrainHistory:
+    """Mean phenotype loss per epoch on the training cases and, with a hold-out, on the held-out cases."""
+
+    train: list[float] = field(default_factory=list)
+    holdout: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    """1-based epoch whose weights the encoder keeps (the last one without a hold-out)."""
+
+
 def pretrain_encoder(encoder: nn.Module, load_image: Callable[[str], np.ndarray], labels: pd.DataFrame, *,
                      epochs: int = 10, batch_size: int = 8, lr: float = 1e-3, seed: int = 0,
-                     progress: bool = True) -> list[float]:
+                     holdout: float = 0.0, device: str | torch.device = "cpu",
+                     progress: bool = True) -> PretrainHistory:
     """Train ``encoder`` (in place) with a linear phenotype head on globally pooled features.
 
+    With ``holdout > 0`` that fraction of the cases (a seeded draw) is kept out of training, scored
+    after every epoch, and the encoder ends with the weights of the epoch with the lowest held-out
+    loss: with a few hundred volumes a 3D CNN memorises its labels long before the last epoch.
+
     Args:
-        encoder: ``(B, 1, x, y, z) -> (B, C, x', y', z')`` with an ``out_channels`` attribute; trained in place.
-        load_image: ``case_id -> (1, x, y, z)`` array (e.g. ``ctvl.data.preprocess.load_cached``).
+        encoder: ``(B, 1, x, y, z) -> (B, C, x', y', z')`` with an ``out_channels`` attribute; trained in
+            place on ``device`` and left there, frozen and in eval mode.
+        load_image: ``case_id -> (1, x, y, z)`` array (e.g. ``ctvl.data.preprocess.load_cached``); the
+            volumes are held in memory in their own dtype (float16 from the cache) and cast per batch.
         labels: DataFrame indexed by case_id; see :func:`label_matrix`.
+        holdout: fraction of cases for early stopping, in [0, 1); 0 trains on all and keeps the last epoch.
+        device: where to train (``"cuda"`` on a GPU machine).
 
     Returns:
-        list[float]: mean training loss per epoch.
+        PretrainHistory: losses per epoch and the epoch kept.
     """
     from tqdm.auto import tqdm
 
+    if epochs < 1 or not 0.0 <= holdout < 1.0:
+        raise ValueError(f"need epochs >= 1 and a hold-out in [0, 1), got {epochs} and {holdout}")
     values, binary, cols = label_matrix(labels)
+    cases = list(labels.index)
+    order = np.random.default_rng(seed).permutation(len(cases))
+    n_held = int(round(holdout * len(cases)))
+    if holdout and not 0 < n_held < len(cases):
+        raise ValueError(f"a hold-out of {holdout} leaves no case on one side of {len(cases)}")
+    held_idx, train_idx = torch.from_numpy(np.sort(order[:n_held])), torch.from_numpy(np.sort(order[n_held:]))
+
     torch.manual_seed(seed)
     head = nn.Linear(encoder.out_channels, len(cols))
-    encoder.requires_grad_(True)
-    encoder.train()
-    params = list(encoder.parameters()) + list(head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=lr)
-    cases = list(labels.index)
-    images = torch.stack([torch.as_tensor(np.asarray(load_image(c), dtype=np.float32)) for c in cases])
-    targets, is_binary = torch.from_numpy(values), torch.from_numpy(binary)
+    encoder.to(device).requires_grad_(True)
+    head.to(device)
+    optimizer = torch.optim.AdamW(list(encoder.parameters()) + list(head.parameters()), lr=lr)
+    images = torch.stack([torch.as_tensor(np.asarray(load_image(c))) for c in cases])
+    targets, is_binary = torch.from_numpy(values).to(device), torch.from_numpy(binary).to(device)
+
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
+        feats = encoder(images[idx].to(device, torch.float32)).mean(dim=(2, 3, 4))  # (B, C, x, y, z)->(B, C)
+        return phenotype_loss(head(feats), targets[idx.to(device)], is_binary)
+
     g = torch.Generator().manual_seed(seed)
-    history = []
-    for _ in tqdm(range(epochs), disable=not progress, desc="encoder pre-training", unit="epoch"):
-        order, total = torch.randperm(len(cases), generator=g), 0.0
-        for start in range(0, len(cases), batch_size):
-            idx = order[start:start + batch_size]
-            feats = encoder(images[idx]).mean(dim=(2, 3, 4))  # (B, C, x, y, z) -> (B, C)
-            loss = phenotype_loss(head(feats), targets[idx], is_binary)
+    history, best_state = PretrainHistory(), None
+    for epoch in tqdm(range(1, epochs + 1), disable=not progress, desc="encoder pre-training", unit="epoch"):
+        encoder.train()
+        total = 0.0
+        for batch in train_idx[torch.randperm(len(train_idx), generator=g)].split(batch_size):
+            loss = loss_of(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(idx)
-        history.append(total / len(cases))
+            total += loss.item() * len(batch)
+        history.train.append(total / len(train_idx))
+        if n_held:
+            encoder.eval()
+            with torch.no_grad():
+                held_loss = sum(loss_of(b).item() * len(b) for b in held_idx.split(batch_size))
+            history.holdout.append(held_loss / n_held)
+            if history.holdout[-1] <= min(history.holdout):
+                history.best_epoch = epoch
+                best_state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+        else:
+            history.best_epoch = epoch
+    if best_state is not None:
+        encoder.load_state_dict(best_state)
     encoder.requires_grad_(False)
     encoder.eval()
-    log.info("encoder pre-training on %d labels (%s): loss %.4f -> %.4f", len(cols), ", ".join(cols),
-             history[0], history[-1])
+    held_note = f", held-out loss {history.holdout[0]:.4f} -> {min(history.holdout):.4f}" if n_held else ""
+    log.info("encoder pre-training on %d labels (%s), %d cases (%d held out): train loss %.4f -> %.4f%s; "
+             "kept epoch %d", len(cols), ", ".join(cols), len(train_idx), n_held, history.train[0],
+             history.train[-1], held_note, history.best_epoch)
     return history
 
 
@@ -117,3 +167,58 @@ def save_merlin_checkpoint(encoder: nn.Module, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({MERLIN_IMAGE_PREFIX + k: v.detach().cpu() for k, v in encoder.state_dict().items()}, path)
     return path
+
+
+def run_pretrain_encoder(labels: str | Path | pd.DataFrame, image_cache: str | Path, out: str | Path,
+                         vision: VisionConfig, *, split: Optional[str] = "train", epochs: int = 10,
+                         batch_size: int = 8, lr: float = 1e-3, holdout: float = 0.1, seed: int = 0,
+                         device: str = "cpu", progress: bool = True) -> tuple[Path, PretrainHistory]:
+    """Phenotype-train an encoder of architecture ``vision`` on a label table and save it in Merlin's layout.
+
+    Args:
+        labels: table (CSV/Parquet path or DataFrame) with ``case_id`` and one column per label, e.g. a
+            synthetic cohort's ``findings.csv``; text columns are ignored (see :func:`label_matrix`).
+        image_cache: a ``ctvl preprocess`` cache holding the cases.
+        out: checkpoint path to write.
+        vision: the encoder; with ``vision.checkpoint`` set, training starts from those weights.
+        split: keep the rows whose ``split`` column equals this (``None``: all rows); the column is dropped.
+        epochs, batch_size, lr, holdout, seed, device: see :func:`pretrain_encoder`.
+
+    Cases missing from the cache are skipped with a warning naming the first few.
+
+    Returns:
+        (checkpoint path, :class:`PretrainHistory`).
+    """
+    from ctvl.data.preprocess import load_cache_index, load_cached
+    from ctvl.models.vision3d import build_image_encoder, load_merlin_image_encoder
+
+    table = labels if isinstance(labels, pd.DataFrame) else _read_table(labels)
+    if "case_id" not in table.columns:
+        raise ValueError(f"{labels}: the label table needs a case_id column")
+    if split is not None and "split" in table.columns:
+        table = table[table["split"] == split]
+    table = table.drop(columns="split", errors="ignore").set_index("case_id")
+    table.index = table.index.astype(str)
+    cached = set(load_cache_index(image_cache)["case_id"].astype(str))
+    missing = [c for c in table.index if c not in cached]
+    if missing:
+        log.warning("%d of %d labelled cases are not in %s and are skipped (first: %s)", len(missing),
+                    len(table), image_cache, ", ".join(missing[:5]))
+        table = table[~table.index.isin(missing)]
+    if table.empty:
+        raise ValueError(f"no labelled case of split {split!r} is in {image_cache}")
+    torch.manual_seed(seed)
+    trainable = replace(vision, frozen=False)
+    encoder = (load_merlin_image_encoder(vision.checkpoint, trainable) if vision.checkpoint
+               else build_image_encoder(trainable))
+    history = pretrain_encoder(encoder, lambda c: load_cached(image_cache, c), table, epochs=epochs,
+                               batch_size=batch_size, lr=lr, holdout=holdout, seed=seed, device=device,
+                               progress=progress)
+    return save_merlin_checkpoint(encoder, out), history
+
+
+def _read_table(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"label table not found: {path}")
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={"case_id": str})

@@ -19,7 +19,13 @@ averages each case's feature map over (x, y, z), standardises on the train split
 The gap between the last two CoxPH rows and the first says how much of the survival signal the encoder
 leaves on the table; the per-finding AUCs say which findings it misses.
 
+With ``--encoder`` the features come from that checkpoint (Merlin layout, e.g. a ``ctvl
+pretrain-encoder`` output; ``--layers`` and ``--base_width`` give its architecture) run over the run's
+preprocessed volumes (``cache/images``) instead of the run's feature cache: another encoder, judged
+on the same cases and split.
+
     python scripts/probe_encoder.py --run demo_out
+    python scripts/probe_encoder.py --run demo_out --encoder encoder.pt
 """
 
 from __future__ import annotations
@@ -30,12 +36,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-def pooled_features(run: Path, case_ids) -> np.ndarray:
-    """(n, C): each case's cached feature map averaged over its spatial axes."""
-    from ctvl.data.feature_cache import load_features
+def pooled_features(run: Path, case_ids, encoder=None, batch_size: int = 16) -> np.ndarray:
+    """(n, C): each case's feature map averaged over its spatial axes.
 
-    maps = [np.asarray(load_features(run / "cache" / "features", c), dtype=np.float64) for c in case_ids]
-    return np.stack([m.reshape(m.shape[0], -1).mean(axis=1) for m in maps])
+    The maps come from the run's feature cache, or with ``encoder`` (an image encoder module) from
+    running it over the run's preprocessed volumes.
+    """
+    if encoder is None:
+        from ctvl.data.feature_cache import load_features
+
+        maps = [np.asarray(load_features(run / "cache" / "features", c), dtype=np.float64) for c in case_ids]
+        return np.stack([m.reshape(m.shape[0], -1).mean(axis=1) for m in maps])
+    import torch
+
+    from ctvl.data.preprocess import load_cached
+
+    case_ids, pooled = list(case_ids), []
+    with torch.no_grad():
+        for start in range(0, len(case_ids), batch_size):
+            batch = [np.asarray(load_cached(run / "cache" / "images", c), np.float32)
+                     for c in case_ids[start:start + batch_size]]
+            pooled.append(encoder(torch.from_numpy(np.stack(batch))).mean(dim=(2, 3, 4)).double().numpy())
+    return np.concatenate(pooled)
 
 
 def image_risk_probe(X: np.ndarray, target: np.ndarray, train: np.ndarray, valid: np.ndarray,
@@ -93,8 +115,11 @@ def noisy_feature_c_index(cox_c, clinical: np.ndarray, feature: np.ndarray, sds=
     return out
 
 
-def probe(run: Path, seed: int = 0) -> dict:
-    """Probe AUCs per finding, the image-risk R^2 and the CoxPH C-indices (see the module docstring)."""
+def probe(run: Path, seed: int = 0, encoder=None) -> dict:
+    """Probe AUCs per finding, the image-risk R^2 and the CoxPH C-indices (see the module docstring).
+
+    ``encoder``: an image encoder module to probe instead of the run's feature cache.
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GridSearchCV
@@ -108,7 +133,7 @@ def probe(run: Path, seed: int = 0) -> dict:
     findings = pd.read_csv(run / "cohort" / "findings.csv").set_index("case_id").loc[manifest["case_id"]]
     train = (manifest["split"] == "train").to_numpy()
     valid = (manifest["split"] == "validation").to_numpy()
-    X = pooled_features(run, manifest["case_id"])
+    X = pooled_features(run, manifest["case_id"], encoder)
     X = StandardScaler().fit(X[train]).transform(X)
 
     aucs = {}
@@ -150,10 +175,21 @@ def probe(run: Path, seed: int = 0) -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, default=Path("demo_out"), help="a `ctvl demo` output folder")
+    p.add_argument("--encoder", type=Path, default=None,
+                   help="probe this Merlin-layout checkpoint instead of the run's feature cache")
+    p.add_argument("--layers", type=int, nargs=4, default=(1, 1, 1, 1), help="--encoder's blocks per stage")
+    p.add_argument("--base_width", type=int, default=8, help="--encoder's stem width")
     args = p.parse_args(argv)
-    result = probe(args.run)
+    encoder = None
+    if args.encoder is not None:
+        from ctvl.config import VisionConfig
+        from ctvl.models.vision3d import load_merlin_image_encoder
+
+        vision = VisionConfig(layers=tuple(args.layers), base_width=args.base_width)
+        encoder = load_merlin_image_encoder(args.encoder, vision)
+    result = probe(args.run, encoder=encoder)
     print(f"{args.run}: {result['n_train']} train / {result['n_valid']} validation cases, "
-          f"{result['feature_dim']} pooled encoder features")
+          f"{result['feature_dim']} pooled features of {args.encoder or 'the feature cache'}")
     print("validation AUC of a linear probe per finding:")
     for name, auc in result["finding_auc"].items():
         print(f"  {name:32s} {auc:.3f}")

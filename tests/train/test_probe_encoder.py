@@ -8,9 +8,10 @@ import pandas as pd
 from ctvl.data.synthetic import compute_image_features, oracle_c_index
 from ctvl.data.synthetic_files import load_findings
 from ctvl.demo import clinical_cox_c_index, clinical_matrix
+from ctvl.models.vision3d import load_merlin_image_encoder
 from ctvl.survival.baselines import fit_and_score
 
-from ..conftest import load_script
+from ..conftest import TINY_VISION, load_script
 
 
 def test_probe_reports_findings_and_cox_rows(tiny_data, capsys):
@@ -42,6 +43,19 @@ def test_probe_reports_findings_and_cox_rows(tiny_data, capsys):
     assert math.isclose(blurred[0.0][1], expected, abs_tol=1e-12) and blurred[0.0][0] == 1.0
     aucs = [auc for auc, _ in blurred.values()]
     assert aucs == sorted(aucs, reverse=True) and aucs[-1] < 0.8
+
+
+def test_probe_of_a_checkpoint_runs_it_over_the_cached_volumes(tiny_data, capsys):
+    # The run's own encoder, run afresh over cache/images, gives the features of its feature cache.
+    probe = load_script("probe_encoder")
+    case_ids = pd.read_csv(tiny_data.manifest)["case_id"]
+    encoder = load_merlin_image_encoder(tiny_data.encoder_checkpoint, TINY_VISION)
+    cached = probe.pooled_features(tiny_data.root, case_ids)
+    fresh = probe.pooled_features(tiny_data.root, case_ids, encoder)
+    assert fresh.shape == cached.shape
+    np.testing.assert_allclose(fresh, cached, rtol=2e-3, atol=2e-3)  # the feature cache is float16
+    result = probe.main(["--run", str(tiny_data.root), "--encoder", str(tiny_data.encoder_checkpoint)])
+    assert result["feature_dim"] == 256 and str(tiny_data.encoder_checkpoint) in capsys.readouterr().out
 
 
 def test_image_risk_probe_cross_fits_the_train_split():

@@ -88,7 +88,7 @@ def pretrain_encoder(encoder: nn.Module, load_image: Callable[[str], np.ndarray]
 
     With ``holdout > 0`` that fraction of the cases (a seeded draw) is kept out of training, scored
     after every epoch, and the encoder ends with the weights of the epoch with the lowest held-out
-    loss: with a few hundred volumes a 3D CNN memorises its labels long before the last epoch.
+    loss, as a 3D CNN trained on few volumes can memorise its labels before the last epoch.
 
     Args:
         encoder: ``(B, 1, x, y, z) -> (B, C, x', y', z')`` with an ``out_channels`` attribute; trained in
@@ -194,7 +194,8 @@ def run_pretrain_encoder(labels: str | Path | pd.DataFrame, image_cache: str | P
 
     table = labels if isinstance(labels, pd.DataFrame) else _read_table(labels)
     if "case_id" not in table.columns:
-        raise ValueError(f"{labels}: the label table needs a case_id column")
+        source = "the label table" if isinstance(labels, pd.DataFrame) else str(labels)
+        raise ValueError(f"{source}: no case_id column")
     if split is not None and "split" in table.columns:
         table = table[table["split"] == split]
     table = table.drop(columns="split", errors="ignore").set_index("case_id")

@@ -114,4 +114,4 @@ def test_cli_trains_on_the_train_split_and_skips_uncached_cases(tiny_data, tmp_p
     bad = args.copy()
     bad[bad.index("--labels") + 1] = str(tmp_path / "no_ids.csv")
     bad[bad.index("--out") + 1] = str(tmp_path / "x.pt")
-    assert main(bad) == 2 and "case_id" in caplog.text and not (tmp_path / "x.pt").exists()
+    assert main(bad) == 2 and "no_ids.csv: no case_id column" in caplog.text and not (tmp_path / "x.pt").exists()

@@ -219,7 +219,11 @@ def run_pretrain_encoder(labels: str | Path | pd.DataFrame, image_cache: str | P
 
 
 def _read_table(path: str | Path) -> pd.DataFrame:
+    from ctvl.data.manifest import PARQUET_SUFFIXES
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"label table not found: {path}")
-    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={"case_id": str})
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return pd.read_parquet(path)
+    return pd.read_csv(path, dtype={"case_id": str})

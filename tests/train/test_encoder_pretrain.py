@@ -115,3 +115,16 @@ def test_cli_trains_on_the_train_split_and_skips_uncached_cases(tiny_data, tmp_p
     bad[bad.index("--labels") + 1] = str(tmp_path / "no_ids.csv")
     bad[bad.index("--out") + 1] = str(tmp_path / "x.pt")
     assert main(bad) == 2 and "no_ids.csv: no case_id column" in caplog.text and not (tmp_path / "x.pt").exists()
+
+
+def test_a_parquet_label_table_with_all_rows(tiny_data, tmp_path, caplog):
+    from ctvl.train.encoder_pretrain import run_pretrain_encoder
+
+    labels = pd.read_csv(tiny_data.findings_csv)
+    labels.to_parquet(tmp_path / "labels.pq")
+    with caplog.at_level("INFO"):
+        path, history = run_pretrain_encoder(tmp_path / "labels.pq", tiny_data.image_cache, tmp_path / "enc.pt",
+                                             VisionConfig(layers=(1, 1, 1, 1), base_width=8), split=None,
+                                             epochs=1, holdout=0.0, progress=False)
+    assert path.exists() and len(history.train) == 1 and history.best_epoch == 1
+    assert f"{len(labels)} cases (0 held out)" in caplog.text  # split=None: train and validation rows

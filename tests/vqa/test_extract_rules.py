@@ -95,7 +95,6 @@ def test_sections_and_not_mentioned_normalisation():
     assert normalise_answer(["RUL mass", "24 mm"], "NM") == "RUL mass; 24 mm"
 
 
-
 def test_emphysema_answers_none_of_the_six_questions():
     # Chest-CT reports often describe emphysema, which none of the six questions asks about; a
     # "subpleural" or lobar emphysema sentence is neither a pleural nor a tumour answer.

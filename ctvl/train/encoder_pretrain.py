@@ -145,7 +145,7 @@ def pretrain_encoder(encoder: nn.Module, load_image: Callable[[str], np.ndarray]
             history.holdout.append(held_loss / n_held)
             if history.holdout[-1] <= min(history.holdout):
                 history.best_epoch = epoch
-                best_state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in encoder.state_dict().items()}
         else:
             history.best_epoch = epoch
     if best_state is not None:

@@ -26,7 +26,6 @@ from typing import Optional
 import torch
 
 from ctvl.config import (
-    CTVLConfig,
     DataConfig,
     PreprocessConfig,
     RunConfig,
@@ -193,6 +192,27 @@ def _sample_answers(path: Path, n: int = 3) -> list[str]:
     return [f"sample answer [{r['case_id']}] {r['question']} -> {r['answer']}" for r in rows]
 
 
+def train_stages(data: DemoData, runs: Path, stage1: RunConfig, stage2: RunConfig) -> tuple:
+    """Stage 1 then stage 2 on ``data`` with ``data.encoder_checkpoint``; outputs in ``runs/stage{1,2}``.
+
+    A rerun resumes each stage from its checkpoint (a finished stage runs no step again).
+
+    Returns:
+        the two stages' :class:`~ctvl.train.loop.FitResult`.
+    """
+    from ctvl.train.loop import fit
+
+    vision = replace(stage1.model.vision, checkpoint=str(data.encoder_checkpoint))
+    first = fit(replace(stage1, model=replace(stage1.model, vision=vision),
+                        data=data.data_config(max_length=stage1.data.max_length),
+                        train=replace(stage1.train, out_dir=str(runs / "stage1"))))
+    second = fit(replace(stage2, model=replace(stage2.model, vision=vision),
+                         data=data.data_config(max_length=stage2.data.max_length),
+                         train=replace(stage2.train, out_dir=str(runs / "stage2"),
+                                       init_from=str(runs / "stage1" / "model"))))
+    return first, second
+
+
 def run_demo(out: Path, n_cases: Optional[int] = None, workers: int = 2, encoder_epochs: int = 20,
              encoder: Optional[Path] = None) -> int:
     """The whole demo; prints where everything is and the headline numbers.
@@ -200,10 +220,9 @@ def run_demo(out: Path, n_cases: Optional[int] = None, workers: int = 2, encoder
     ``encoder``: a tiny-architecture checkpoint (e.g. from ``ctvl pretrain-encoder``) to use instead of
     pre-training one on the train split; give a fresh ``out``, as finished stages are not rerun.
     """
-    from ctvl.data.synthetic import oracle_c_index
-    from ctvl.train.loop import fit
-
     import pandas as pd
+
+    from ctvl.data.synthetic import oracle_c_index
 
     cohort = load_config(SyntheticCohortConfig, CONFIGS / "synthetic" / "demo.yaml")
     cohort = replace(cohort, n_cases=n_cases or cohort.n_cases)
@@ -212,14 +231,8 @@ def run_demo(out: Path, n_cases: Optional[int] = None, workers: int = 2, encoder
     out = Path(out).resolve()
     data = prepare_demo_data(out, cohort, stage1.preprocess, stage1.model.vision, workers=workers,
                              encoder_epochs=encoder_epochs, encoder=encoder)
-    model_cfg: CTVLConfig = replace(stage1.model, vision=replace(stage1.model.vision, checkpoint=str(data.encoder_checkpoint)))
     runs = out / "runs"
-    # A rerun resumes each stage from its checkpoint (a finished stage runs no step again).
-    fit(replace(stage1, model=model_cfg, data=data.data_config(max_length=stage1.data.max_length),
-                train=replace(stage1.train, out_dir=str(runs / "stage1"))))
-    model_cfg2 = replace(stage2.model, vision=model_cfg.vision)
-    fit(replace(stage2, model=model_cfg2, data=data.data_config(max_length=stage2.data.max_length),
-                train=replace(stage2.train, out_dir=str(runs / "stage2"), init_from=str(runs / "stage1" / "model"))))
+    train_stages(data, runs, stage1, stage2)
     _, evaluation = predict_and_evaluate(out, runs / "stage2" / "model", data)
     manifest = pd.read_csv(data.manifest)
     lm = pd.read_csv(runs / "stage1" / "metrics.csv")["lm_loss"]

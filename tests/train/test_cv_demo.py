@@ -1,0 +1,28 @@
+"""``scripts/cv_demo.py``: folds partition the cohort, each fold trains without its validation cases."""
+
+import pandas as pd
+
+from ..conftest import load_script
+
+
+def test_folds_partition_the_cases():
+    cv = load_script("cv_demo")
+    manifest = pd.DataFrame({"case_id": [f"c{i}" for i in range(23)], "split": "train"})
+    folds = cv.fold_manifests(manifest, 5, seed=0)
+    held = [set(f.loc[f["split"] == "validation", "case_id"]) for f in folds]
+    assert set().union(*held) == set(manifest["case_id"]) and sum(map(len, held)) == 23
+    assert {len(h) for h in held} == {4, 5}
+    assert all(set(f["split"]) == {"train", "validation"} for f in folds)
+
+
+def test_each_fold_pretrains_its_encoder_on_its_training_cases_only(tiny_data, caplog):
+    cv = load_script("cv_demo")
+    with caplog.at_level("INFO"):
+        table = cv.main(["--run", str(tiny_data.root), "--folds", "2", "--steps", "2", "--encoder_epochs", "1",
+                         "--name", "test"])
+    n_cases = len(pd.read_csv(tiny_data.manifest))
+    assert list(table["fold"]) == [0, 1] and table["n_valid"].sum() == n_cases
+    assert table[["model", "clinical"]].apply(lambda c: c.between(0, 1)).all().all()
+    for k, n_valid in enumerate(table["n_valid"]):
+        assert f"{n_cases - n_valid} cases (0 held out)" in caplog.text  # the encoder saw no validation case
+        assert (tiny_data.root / "cv" / "test" / f"fold{k}" / "runs" / "stage2" / "model").is_dir()

@@ -57,19 +57,20 @@ class DemoData:
                           feature_cache=str(self.feature_cache), **overrides)
 
 
-def pretrain_demo_encoder(vision: VisionConfig, image_cache: Path, findings_csv: Path, path: Path, *,
+def pretrain_demo_encoder(vision: VisionConfig, image_cache: Path, findings, path: Path, *,
                           epochs: int, seed: int = 0, progress: bool = True) -> Path:
     """The demo's stand-in for Merlin's weights: the tiny encoder, phenotype-trained on the train split.
 
     Merlin's encoder learnt from EHR phenotypes and reports; here the labels are the synthetic cohort's
-    findings (train split only, so validation stays unseen). ``epochs=0`` keeps the random init.
+    findings (``findings.csv`` or a DataFrame with its columns; rows of the train split only, so
+    validation stays unseen). ``epochs=0`` keeps the random init.
     """
     from ctvl.models.vision3d import build_image_encoder
     from ctvl.train.encoder_pretrain import run_pretrain_encoder, save_merlin_checkpoint
 
     vision = replace(vision, checkpoint=None)
     if epochs > 0:
-        return run_pretrain_encoder(findings_csv, image_cache, path, vision, split="train", epochs=epochs,
+        return run_pretrain_encoder(findings, image_cache, path, vision, split="train", epochs=epochs,
                                     holdout=0.0, seed=seed, progress=progress)[0]
     torch.manual_seed(seed)
     return save_merlin_checkpoint(build_image_encoder(replace(vision, frozen=False)), path)

@@ -47,10 +47,9 @@ def run_fold(run: Path, out: Path, manifest: pd.DataFrame, encoder: Path | None,
     configs' (quick checks).
     """
     from ctvl.config import RunConfig, load_config
-    from ctvl.demo import CONFIGS, DemoData, clinical_cox_c_index, train_stages
+    from ctvl.demo import CONFIGS, DemoData, clinical_cox_c_index, pretrain_demo_encoder, train_stages
     from ctvl.infer.encode import run_encode
     from ctvl.models.vision3d import load_merlin_image_encoder
-    from ctvl.train.encoder_pretrain import run_pretrain_encoder
 
     stage1 = load_config(RunConfig, CONFIGS / "train" / "stage1_tiny.yaml")
     stage2 = load_config(RunConfig, CONFIGS / "train" / "stage2_tiny.yaml")
@@ -67,8 +66,7 @@ def run_fold(run: Path, out: Path, manifest: pd.DataFrame, encoder: Path | None,
         if not encoder.exists():
             findings = pd.read_csv(run / "cohort" / "findings.csv", dtype={"case_id": str}).drop(columns="split")
             labels = findings.merge(manifest[["case_id", "split"]], on="case_id")
-            run_pretrain_encoder(labels, images, encoder, vision, split="train", epochs=encoder_epochs,
-                                 holdout=0.0, progress=False)
+            pretrain_demo_encoder(vision, images, labels, encoder, epochs=encoder_epochs, progress=False)
     module = load_merlin_image_encoder(encoder, replace(vision, checkpoint=str(encoder)))
     run_encode(module, images, out / "features", batch_size=8, progress=False)
     data = DemoData(out, out / "manifest.csv", run / "cohort" / "findings.csv", images, out / "features",

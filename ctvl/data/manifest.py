@@ -30,9 +30,10 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from ctvl.data.tables import read_table, table_format
+
 REQUIRED_COLUMNS = ("case_id", "image")
 SURVIVAL_COLUMNS = ("time", "event")
-PARQUET_SUFFIXES = (".parquet", ".pq")
 _MAX_ROWS_SHOWN = 10
 
 
@@ -44,13 +45,7 @@ def load_manifest(path: str | os.PathLike) -> pd.DataFrame:
             times, events not in {0, 1}; the message names the file and the rows.
     """
     path = Path(path)
-    if path.suffix.lower() in PARQUET_SUFFIXES:
-        df = pd.read_parquet(path)
-    elif path.suffix.lower() == ".csv":
-        df = pd.read_csv(path, dtype={"case_id": str, "image": str})
-    else:
-        raise ValueError(f"{path}: manifest must be .csv or .parquet")
-    return validate_manifest(df, source=str(path), base_dir=path.parent)
+    return validate_manifest(read_table(path, "manifest"), source=str(path), base_dir=path.parent)
 
 
 def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -60,14 +55,13 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     reads them); paths inside that folder are written relative to it, so the folder can move.
     """
     path = Path(path)
-    if path.suffix.lower() not in PARQUET_SUFFIXES + (".csv",):
-        raise ValueError(f"{path}: manifest must be .csv or .parquet")
+    fmt = table_format(path, "manifest")
     df = validate_manifest(df, source=str(path), base_dir=path.parent)
     base = os.path.abspath(path.parent)
     df["image"] = [os.path.relpath(p, base) if _is_inside(p, base) else p for p in df["image"]]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if path.suffix.lower() == ".csv":
+    if fmt == "csv":
         df.to_csv(tmp, index=False)
     else:
         df.to_parquet(tmp, index=False)

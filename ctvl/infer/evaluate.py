@@ -35,6 +35,7 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
+from ctvl.data.tables import read_table
 from ctvl.infer.predict import load_predictions, survival_at
 from ctvl.infer.report import plot_calibration, plot_latent, plot_risk_groups, render_evaluation_html
 from ctvl.survival.metrics import (
@@ -58,11 +59,7 @@ def load_targets(path: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     if isinstance(path, pd.DataFrame):
         df, source = path.copy(), "<DataFrame>"
     else:
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"manifest {str(p)!r} does not exist")
-        df = pd.read_csv(p, dtype={"case_id": str}) if p.suffix.lower() == ".csv" else pd.read_parquet(p)
-        source = str(p)
+        df, source = read_table(path, "manifest"), str(path)
     missing = [c for c in ("case_id", "time", "event") if c not in df.columns]
     if missing:
         raise ValueError(f"{source}: needs columns case_id, time, event; missing {missing}")

@@ -36,7 +36,8 @@ import torch
 
 from ctvl.config import PreprocessConfig, RunConfig, load_config
 from ctvl.data.io import ITK_SUFFIXES, NIFTI_SUFFIXES
-from ctvl.data.manifest import PARQUET_SUFFIXES, validate_manifest
+from ctvl.data.manifest import validate_manifest
+from ctvl.data.tables import TABLE_SUFFIXES, read_table
 from ctvl.utils.errors import ErrorLog
 
 logger = logging.getLogger(__name__)
@@ -78,11 +79,8 @@ def resolve_inputs(inputs: str | os.PathLike | pd.DataFrame) -> Inputs:
         return _from_folder(path)
     if not path.is_file():
         raise ValueError(f"input {str(path)!r} does not exist (give a manifest or a folder of volumes)")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return _from_table(pd.read_csv(path, dtype={"case_id": str, "image": str}), str(path), path.parent)
-    if suffix in PARQUET_SUFFIXES:
-        return _from_table(pd.read_parquet(path), str(path), path.parent)
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        return _from_table(read_table(path, "manifest"), str(path), path.parent)
     if path.name.lower().endswith(VOLUME_SUFFIXES):
         return _frame([(_case_id(path), str(path.resolve()))], None)
     raise ValueError(f"{path}: not a manifest (.csv/.parquet), a volume or a folder")
@@ -245,14 +243,7 @@ def load_clinical_table(clinical: str | os.PathLike | pd.DataFrame) -> pd.DataFr
     if isinstance(clinical, pd.DataFrame):
         df, source = clinical, "<clinical DataFrame>"
     else:
-        path = Path(clinical)
-        if not path.is_file():
-            raise ValueError(f"clinical table {str(path)!r} does not exist")
-        if path.suffix.lower() in PARQUET_SUFFIXES:
-            df = pd.read_parquet(path)
-        else:
-            df = pd.read_csv(path, dtype={"case_id": str})
-        source = str(path)
+        df, source = read_table(clinical, "clinical table"), str(clinical)
     if "case_id" not in df.columns:
         raise ValueError(f"{source}: clinical table needs a `case_id` column; found {list(df.columns)}")
     df = df.assign(case_id=df["case_id"].astype(str).str.strip())

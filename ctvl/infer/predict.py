@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from ctvl.config import PreprocessConfig
-from ctvl.data.manifest import PARQUET_SUFFIXES
+from ctvl.data.tables import read_table, table_format
 from ctvl.infer.inputs import (
     ModelRun,
     build_contexts,
@@ -101,15 +101,6 @@ def resolve_shard(shard: Optional[tuple[int, int]]) -> tuple[int, int]:
 # ------------------------------------------------------------------------------ output files
 
 
-def _format(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return "csv"
-    if suffix in PARQUET_SUFFIXES:
-        return "parquet"
-    raise ValueError(f"{path}: output must end in .csv, .parquet or .pq")
-
-
 def shard_path(out_path: str | os.PathLike, rank: int) -> Path:
     return Path(f"{out_path}.rank{rank}")
 
@@ -130,12 +121,10 @@ def _parts_dir(table_path: Path) -> Path:
 
 def load_predictions(path: str | os.PathLike, fmt: Optional[str] = None) -> pd.DataFrame:
     """Read a predictions file (CSV or Parquet by suffix, or ``fmt``), ``case_id`` as str."""
-    path = Path(path)
-    fmt = fmt or _format(path)
-    df = pd.read_csv(path, dtype={"case_id": str}) if fmt == "csv" else pd.read_parquet(path)
+    df = read_table(path, "predictions file", fmt)
     if "case_id" not in df.columns:
         raise ValueError(f"{path}: not a predictions file (no case_id column)")
-    return df.assign(case_id=df["case_id"].astype(str))
+    return df
 
 
 def _write_atomic(df: pd.DataFrame, path: Path, fmt: str) -> None:
@@ -314,7 +303,7 @@ def run_predict(model_dir: str | os.PathLike, inputs, out_path: str | os.PathLik
 
     start = time.perf_counter()
     out_path = Path(out_path)
-    fmt = _format(out_path)
+    fmt = table_format(out_path, "predictions file")
     rank, world = resolve_shard(shard)
     table_path = out_path if world == 1 else shard_path(out_path, rank)
     err_path = errors_path(out_path, None if world == 1 else rank)
@@ -410,7 +399,7 @@ def merge_shards(out_path: str | os.PathLike, world: int) -> Path:
         ValueError: a rank file is missing or two ranks predicted the same case.
     """
     out_path = Path(out_path)
-    fmt = _format(out_path)
+    fmt = table_format(out_path, "predictions file")
     paths = [shard_path(out_path, k) for k in range(world)]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:

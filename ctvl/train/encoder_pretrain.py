@@ -190,9 +190,10 @@ def run_pretrain_encoder(labels: str | Path | pd.DataFrame, image_cache: str | P
         (checkpoint path, :class:`PretrainHistory`).
     """
     from ctvl.data.preprocess import load_cache_index, load_cached
+    from ctvl.data.tables import read_table
     from ctvl.models.vision3d import build_image_encoder, load_merlin_image_encoder
 
-    table = labels if isinstance(labels, pd.DataFrame) else _read_table(labels)
+    table = labels if isinstance(labels, pd.DataFrame) else read_table(labels, "label table")
     if "case_id" not in table.columns:
         source = "the label table" if isinstance(labels, pd.DataFrame) else str(labels)
         raise ValueError(f"{source}: no case_id column")
@@ -216,14 +217,3 @@ def run_pretrain_encoder(labels: str | Path | pd.DataFrame, image_cache: str | P
                                batch_size=batch_size, lr=lr, holdout=holdout, seed=seed, device=device,
                                progress=progress)
     return save_merlin_checkpoint(encoder, out), history
-
-
-def _read_table(path: str | Path) -> pd.DataFrame:
-    from ctvl.data.manifest import PARQUET_SUFFIXES
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"label table not found: {path}")
-    if path.suffix.lower() in PARQUET_SUFFIXES:
-        return pd.read_parquet(path)
-    return pd.read_csv(path, dtype={"case_id": str})

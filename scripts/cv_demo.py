@@ -16,8 +16,13 @@ Reads a ``ctvl demo`` output folder (cohort, image cache, VQA pairs). For each f
 
 Outputs go to ``<run>/cv/<name>/fold<k>/``; a finished fold is not trained again.
 
+``--within train`` folds only the demo's training cases: its validation cases are never read, so a
+stage-2 setting (a ``--stage2`` config) can be chosen on these folds and then judged once on the demo's
+own split.
+
     python scripts/cv_demo.py --run demo_out --folds 5
     python scripts/cv_demo.py --run demo_out --folds 5 --encoder pretrain_cohort/encoder.pt
+    python scripts/cv_demo.py --run demo_out --folds 5 --within train --stage2 my_stage2.yaml
 """
 
 from __future__ import annotations
@@ -40,11 +45,12 @@ def fold_manifests(manifest: pd.DataFrame, folds: int, seed: int) -> list[pd.Dat
 
 
 def run_fold(run: Path, out: Path, manifest: pd.DataFrame, encoder: Path | None, encoder_epochs: int,
-             steps: int | None = None) -> dict:
+             steps: int | None = None, stage2_config: Path | None = None) -> dict:
     """Encoder, features, stage 1 and 2 for one fold; returns its model and clinical C-indices.
 
     ``steps``: train each stage for this many steps (evaluating and saving at the end) instead of the
-    configs' (quick checks).
+    configs' (quick checks). ``stage2_config``: a stage-2 run config instead of the demo's (its data and
+    output paths are the fold's).
     """
     from ctvl.config import RunConfig, load_config
     from ctvl.demo import CONFIGS, DemoData, clinical_cox_c_index, pretrain_demo_encoder, train_stages
@@ -52,7 +58,7 @@ def run_fold(run: Path, out: Path, manifest: pd.DataFrame, encoder: Path | None,
     from ctvl.models.vision3d import load_merlin_image_encoder
 
     stage1 = load_config(RunConfig, CONFIGS / "train" / "stage1_tiny.yaml")
-    stage2 = load_config(RunConfig, CONFIGS / "train" / "stage2_tiny.yaml")
+    stage2 = load_config(RunConfig, stage2_config or CONFIGS / "train" / "stage2_tiny.yaml")
     if steps is not None:
         stage1, stage2 = (replace(cfg, train=replace(cfg.train, max_steps=steps, eval_interval=steps,
                                                      save_interval=steps, warmup_steps=min(steps, 2)))
@@ -87,15 +93,24 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--encoder_epochs", type=int, default=20, help="per-fold pre-training epochs (the demo's)")
     p.add_argument("--name", default=None, help="output subfolder under <run>/cv (default: from --encoder)")
     p.add_argument("--steps", type=int, default=None, help="steps per stage (default: the demo configs')")
+    p.add_argument("--within", choices=("all", "train"), default="all",
+                   help="fold all cases, or only the demo's training cases (its validation cases unread)")
+    p.add_argument("--stage2", type=Path, default=None,
+                   help="stage-2 run config to use instead of configs/train/stage2_tiny.yaml")
     args = p.parse_args(argv)
 
     manifest = pd.read_csv(args.run / "cohort" / "manifest.csv", dtype={"case_id": str})
+    if args.within == "train":
+        manifest = manifest[manifest["split"] == "train"].reset_index(drop=True)
     manifest["image"] = [str((args.run / "cohort" / path).resolve()) for path in manifest["image"]]
-    name = args.name or (args.encoder.stem if args.encoder else "per_fold_encoder")
+    name = args.name or "_".join([args.encoder.stem if args.encoder else "per_fold_encoder",
+                                  *(["within_train"] if args.within == "train" else []),
+                                  *([args.stage2.stem] if args.stage2 else [])])
     rows = []
     for k, fold in enumerate(fold_manifests(manifest, args.folds, args.seed)):
         c = run_fold(args.run.resolve(), args.run.resolve() / "cv" / name / f"fold{k}", fold,
-                     args.encoder.resolve() if args.encoder else None, args.encoder_epochs, args.steps)
+                     args.encoder.resolve() if args.encoder else None, args.encoder_epochs, args.steps,
+                     args.stage2)
         rows.append({"fold": k, "n_valid": int((fold["split"] == "validation").sum()), **c})
         print(f"fold {k}: stage-2 C {c['model']:.3f}, clinical-only CoxPH C {c['clinical']:.3f}", flush=True)
     table = pd.DataFrame(rows)

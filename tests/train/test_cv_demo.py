@@ -1,6 +1,11 @@
 """``scripts/cv_demo.py``: folds partition the cohort, each fold trains without its validation cases."""
 
+from dataclasses import replace
+
 import pandas as pd
+
+from ctvl.config import CTVLConfig, RunConfig, load_config, save_config
+from ctvl.demo import CONFIGS
 
 from ..conftest import load_script
 
@@ -26,3 +31,22 @@ def test_each_fold_pretrains_its_encoder_on_its_training_cases_only(tiny_data, c
     for k, n_valid in enumerate(table["n_valid"]):
         assert f"{n_cases - n_valid} cases (0 held out)" in caplog.text  # the encoder saw no validation case
         assert (tiny_data.root / "cv" / "test" / f"fold{k}" / "runs" / "stage2" / "model").is_dir()
+
+
+
+def test_within_train_never_reads_the_validation_cases(tiny_data, tmp_path):
+    cv = load_script("cv_demo")
+    stage2 = tmp_path / "stage2_mean_all.yaml"  # another stage-2 setting, to be chosen on these folds
+    cfg = load_config(RunConfig, CONFIGS / "train" / "stage2_tiny.yaml")
+    save_config(replace(cfg, model=replace(cfg.model, survival=replace(cfg.model.survival, pooling="mean_all"))),
+                stage2)
+    table = cv.main(["--run", str(tiny_data.root), "--folds", "2", "--steps", "2", "--encoder_epochs", "1",
+                     "--name", "within", "--within", "train", "--stage2", str(stage2)])
+    manifest = pd.read_csv(tiny_data.manifest, dtype={"case_id": str})
+    train_cases = set(manifest.loc[manifest["split"] == "train", "case_id"])
+    assert table["n_valid"].sum() == len(train_cases) < len(manifest)
+    for k in range(2):
+        fold = tiny_data.root / "cv" / "within" / f"fold{k}"
+        assert set(pd.read_csv(fold / "manifest.csv", dtype={"case_id": str})["case_id"]) == train_cases
+        saved = load_config(CTVLConfig, fold / "runs" / "stage2" / "model" / "config.yaml")
+        assert saved.survival.pooling == "mean_all"

@@ -3,7 +3,8 @@
 Reads a ``ctvl demo`` output folder (``cohort/manifest.csv``, ``cohort/findings.csv``, ``cache/features``),
 averages each case's feature map over (x, y, z), standardises on the train split, and prints
 
-* per binary finding: validation AUC of a logistic-regression probe fitted on the train split;
+* per binary finding: validation AUC of a logistic-regression probe fitted on the train split (with
+  the metastases also split by site: liver and adrenal next to the bone lesion);
 * the validation R^2 of a ridge probe for the image part of the true log-hazard (its train-split
   predictions are cross-fitted, so the CoxPH below does not learn from overfit values);
 * validation Harrell's C of CoxPH models: clinical covariates only; clinical + the ridge probe's image
@@ -115,6 +116,16 @@ def noisy_feature_c_index(cox_c, clinical: np.ndarray, feature: np.ndarray, sds=
     return out
 
 
+def with_metastasis_sites(findings: pd.DataFrame) -> pd.DataFrame:
+    """``findings.csv`` rows plus ``liver_metastasis_present`` and ``adrenal_metastasis_present`` (bool),
+    placed after ``metastases_present``: which site an encoder misses (bone has its own column)."""
+    out = findings.copy()
+    at = out.columns.get_loc("metastases_present") + 1
+    out.insert(at, "adrenal_metastasis_present", out["adrenal_met_side"].notna())
+    out.insert(at, "liver_metastasis_present", out["liver_met_count"] > 0)
+    return out
+
+
 def probe(run: Path, seed: int = 0, encoder=None) -> dict:
     """Probe AUCs per finding, the image-risk R^2 and the CoxPH C-indices (see the module docstring).
 
@@ -131,6 +142,7 @@ def probe(run: Path, seed: int = 0, encoder=None) -> dict:
 
     manifest = pd.read_csv(run / "cohort" / "manifest.csv")
     findings = pd.read_csv(run / "cohort" / "findings.csv").set_index("case_id").loc[manifest["case_id"]]
+    findings = with_metastasis_sites(findings)
     train = (manifest["split"] == "train").to_numpy()
     valid = (manifest["split"] == "validation").to_numpy()
     X = pooled_features(run, manifest["case_id"], encoder)

@@ -45,6 +45,18 @@ def test_probe_reports_findings_and_cox_rows(tiny_data, capsys):
     assert aucs == sorted(aucs, reverse=True) and aucs[-1] < 0.8
 
 
+def test_metastases_are_also_probed_per_site(tiny_data):
+    findings = pd.read_csv(tiny_data.root / "cohort" / "findings.csv")
+    sites = load_script("probe_encoder").with_metastasis_sites(findings)
+    names = list(sites.columns)
+    at = names.index("metastases_present")
+    assert names[at + 1:at + 3] == ["liver_metastasis_present", "adrenal_metastasis_present"]
+    listed = findings["metastatic_sites"].fillna("")
+    assert (sites["liver_metastasis_present"] == listed.str.contains("liver")).all()
+    assert (sites["adrenal_metastasis_present"] == listed.str.contains("adrenal")).all()
+    assert sites["liver_metastasis_present"].any() and sites["adrenal_metastasis_present"].any()
+
+
 def test_probe_of_a_checkpoint_runs_it_over_the_cached_volumes(tiny_data, capsys):
     # The run's own encoder, run afresh over cache/images, gives the features of its feature cache.
     probe = load_script("probe_encoder")

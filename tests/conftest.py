@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import locale
+import random
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,29 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def free_port() -> int:
+    """A free TCP port below the OS's ephemeral range, for a torchrun / gloo rendezvous.
+
+    A port from ``bind(0)`` is ephemeral: between its release and torchrun binding it, a connection of a
+    distributed test running alongside (pytest-xdist) can be given the same port. Ports below the range
+    are only taken by explicit binds.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default; macOS's range starts at 49152
+    draw = random.Random()  # seeded from the OS: parallel workers draw different ports
+    for _ in range(100):
+        port = draw.randrange(max(1024, low - 10000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port below {low}")
 
 
 TINY_PREPROCESS = PreprocessConfig(spacing=(10.0, 10.0, 10.0), roi_size=(32, 32, 32))

@@ -23,7 +23,7 @@ import pytest
 
 from ctvl.config import CTVLConfig, PreprocessConfig, RunConfig, load_config, save_config
 
-from .conftest import load_script
+from .conftest import free_port, load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "configs" / "train"
@@ -168,11 +168,7 @@ print("RESULTS" + json.dumps(results))
 @pytest.fixture(scope="module")
 def deepspeed_init_results():
     pytest.importorskip("deepspeed")
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     paths = [str(TRAIN / n) for n in REAL]
     proc = subprocess.run([sys.executable, "-c", _INIT_SCRIPT, str(port), *paths], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, check=False)

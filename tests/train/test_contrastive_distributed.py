@@ -12,9 +12,9 @@ import pytest
 
 from ctvl.models.vision3d import load_merlin_image_encoder
 
-from ..conftest import TINY_VISION
+from ..conftest import TINY_VISION, free_port
 from .test_contrastive import make_config
-from .test_distributed_train import DS_CONFIGS, _free_port, _launch
+from .test_distributed_train import DS_CONFIGS, _launch
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("open_clip") is None,
@@ -69,7 +69,7 @@ def test_two_ranks_gather_equals_one_process_on_the_whole_batch(tmp_path):
     script = tmp_path / "ranks.py"
     script.write_text(_RANKS_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(script)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]

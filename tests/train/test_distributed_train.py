@@ -1,7 +1,6 @@
 """Both stages on 2 CPU ranks (gloo) through DeepSpeed ZeRO-2 and ZeRO-3, launched with torchrun."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,22 +11,16 @@ import yaml
 
 from ctvl.config import RunConfig, TrainConfig, to_dict
 
-from ..conftest import TINY_PREPROCESS
+from ..conftest import TINY_PREPROCESS, free_port
 
 DS_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:  # torchrun's --master_port 0 hangs the rendezvous
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _launch(cfg: RunConfig, tmp_path: Path, name: str) -> pd.DataFrame:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(to_dict(cfg)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "ctvl.cli", "train", "--config", str(path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]

@@ -91,7 +91,8 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--encoder", type=Path, default=None,
                    help="tiny-encoder checkpoint for every fold (default: pre-train one per fold)")
     p.add_argument("--encoder_epochs", type=int, default=20, help="per-fold pre-training epochs (the demo's)")
-    p.add_argument("--name", default=None, help="output subfolder under <run>/cv (default: from --encoder)")
+    p.add_argument("--name", default=None,
+                   help="output subfolder under <run>/cv (default: from --encoder, --within and --stage2)")
     p.add_argument("--steps", type=int, default=None, help="steps per stage (default: the demo configs')")
     p.add_argument("--within", choices=("all", "train"), default="all",
                    help="fold all cases, or only the demo's training cases (its validation cases unread)")

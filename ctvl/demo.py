@@ -37,6 +37,8 @@ from ctvl.config import (
 log = logging.getLogger(__name__)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ENCODER_EPOCHS = 20
+"""Phenotype pre-training epochs of the demo's tiny encoder (``ctvl demo --encoder_epochs``)."""
 
 
 @dataclass
@@ -214,7 +216,7 @@ def train_stages(data: DemoData, runs: Path, stage1: RunConfig, stage2: RunConfi
     return first, second
 
 
-def run_demo(out: Path, n_cases: Optional[int] = None, workers: int = 2, encoder_epochs: int = 20,
+def run_demo(out: Path, n_cases: Optional[int] = None, workers: int = 2, encoder_epochs: int = ENCODER_EPOCHS,
              encoder: Optional[Path] = None) -> int:
     """The whole demo; prints where everything is and the headline numbers.
 

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ctvl.demo import ENCODER_EPOCHS
+
 
 def fold_manifests(manifest: pd.DataFrame, folds: int, seed: int) -> list[pd.DataFrame]:
     """``folds`` copies of ``manifest`` whose ``split`` puts one fold in "validation", the rest in "train".
@@ -42,6 +44,21 @@ def fold_manifests(manifest: pd.DataFrame, folds: int, seed: int) -> list[pd.Dat
     """
     fold_of = np.random.default_rng(seed).permutation(len(manifest)) % folds
     return [manifest.assign(split=np.where(fold_of == k, "validation", "train")) for k in range(folds)]
+
+
+def output_name(encoder: Path | None, encoder_epochs: int, within: str, stage2: Path | None) -> str:
+    """Default folder under ``<run>/cv``: its own for every encoder, case set and stage-2 config, as a
+    finished fold is never trained again."""
+    if encoder is not None:
+        parts = [encoder.stem]
+    else:
+        epochs = "" if encoder_epochs == ENCODER_EPOCHS else f"_{encoder_epochs}epochs"
+        parts = [f"per_fold_encoder{epochs}"]
+    if within == "train":
+        parts.append("within_train")
+    if stage2 is not None:
+        parts.append(stage2.stem)
+    return "_".join(parts)
 
 
 def run_fold(run: Path, out: Path, manifest: pd.DataFrame, encoder: Path | None, encoder_epochs: int,
@@ -90,9 +107,10 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--seed", type=int, default=0, help="seed of the fold partition")
     p.add_argument("--encoder", type=Path, default=None,
                    help="tiny-encoder checkpoint for every fold (default: pre-train one per fold)")
-    p.add_argument("--encoder_epochs", type=int, default=20, help="per-fold pre-training epochs (the demo's)")
+    p.add_argument("--encoder_epochs", type=int, default=ENCODER_EPOCHS,
+                   help="per-fold pre-training epochs (the demo's)")
     p.add_argument("--name", default=None,
-                   help="output subfolder under <run>/cv (default: from --encoder, --within and --stage2)")
+                   help="output subfolder under <run>/cv (default: from the encoder, --within and --stage2)")
     p.add_argument("--steps", type=int, default=None, help="steps per stage (default: the demo configs')")
     p.add_argument("--within", choices=("all", "train"), default="all",
                    help="fold all cases, or only the demo's training cases (its validation cases unread)")
@@ -104,9 +122,7 @@ def main(argv=None) -> pd.DataFrame:
     if args.within == "train":
         manifest = manifest[manifest["split"] == "train"].reset_index(drop=True)
     manifest["image"] = [str((args.run / "cohort" / path).resolve()) for path in manifest["image"]]
-    name = args.name or "_".join([args.encoder.stem if args.encoder else "per_fold_encoder",
-                                  *(["within_train"] if args.within == "train" else []),
-                                  *([args.stage2.stem] if args.stage2 else [])])
+    name = args.name or output_name(args.encoder, args.encoder_epochs, args.within, args.stage2)
     rows = []
     for k, fold in enumerate(fold_manifests(manifest, args.folds, args.seed)):
         c = run_fold(args.run.resolve(), args.run.resolve() / "cv" / name / f"fold{k}", fold,

@@ -1,6 +1,7 @@
 """``scripts/cv_demo.py``: folds partition the cohort, each fold trains without its validation cases."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 
@@ -50,3 +51,10 @@ def test_within_train_never_reads_the_validation_cases(tiny_data, tmp_path):
         assert set(pd.read_csv(fold / "manifest.csv", dtype={"case_id": str})["case_id"]) == train_cases
         saved = load_config(CTVLConfig, fold / "runs" / "stage2" / "model" / "config.yaml")
         assert saved.survival.pooling == "mean_all"
+
+
+def test_runs_that_differ_write_to_different_folders():
+    name = load_script("cv_demo").output_name
+    names = [name(None, 20, "all", None), name(None, 0, "all", None), name(None, 20, "train", None),
+             name(None, 20, "train", Path("stage2_150.yaml")), name(Path("pretrain/encoder.pt"), 20, "all", None)]
+    assert names[0] == "per_fold_encoder" and len(set(names)) == len(names)

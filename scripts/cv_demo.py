@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ctvl.data.tables import read_table
 from ctvl.demo import ENCODER_EPOCHS
 
 
@@ -87,7 +88,7 @@ def run_fold(run: Path, out: Path, manifest: pd.DataFrame, encoder: Path | None,
     if encoder is None:
         encoder = out / "encoder.pt"
         if not encoder.exists():
-            findings = pd.read_csv(run / "cohort" / "findings.csv", dtype={"case_id": str}).drop(columns="split")
+            findings = read_table(run / "cohort" / "findings.csv", "findings table").drop(columns="split")
             labels = findings.merge(manifest[["case_id", "split"]], on="case_id")
             pretrain_demo_encoder(vision, images, labels, encoder, epochs=encoder_epochs, progress=False)
     module = load_merlin_image_encoder(encoder, replace(vision, checkpoint=str(encoder)))
@@ -118,7 +119,7 @@ def main(argv=None) -> pd.DataFrame:
                    help="stage-2 run config to use instead of configs/train/stage2_tiny.yaml")
     args = p.parse_args(argv)
 
-    manifest = pd.read_csv(args.run / "cohort" / "manifest.csv", dtype={"case_id": str})
+    manifest = read_table(args.run / "cohort" / "manifest.csv", "manifest")
     if args.within == "train":
         manifest = manifest[manifest["split"] == "train"].reset_index(drop=True)
     manifest["image"] = [str((args.run / "cohort" / path).resolve()) for path in manifest["image"]]

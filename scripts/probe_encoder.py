@@ -138,10 +138,12 @@ def probe(run: Path, seed: int = 0, encoder=None) -> dict:
 
     from ctvl.data.synthetic import compute_image_features, oracle_c_index
     from ctvl.data.synthetic_files import load_findings
+    from ctvl.data.tables import read_table
     from ctvl.demo import clinical_matrix, split_cox_c_index
 
-    manifest = pd.read_csv(run / "cohort" / "manifest.csv")
-    findings = pd.read_csv(run / "cohort" / "findings.csv").set_index("case_id").loc[manifest["case_id"]]
+    manifest = read_table(run / "cohort" / "manifest.csv", "manifest")
+    findings = read_table(run / "cohort" / "findings.csv", "findings table").set_index("case_id")
+    findings = findings.loc[manifest["case_id"]]
     findings = with_metastasis_sites(findings)
     train = (manifest["split"] == "train").to_numpy()
     valid = (manifest["split"] == "validation").to_numpy()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, TypeVar
@@ -27,6 +28,10 @@ from typing import Any, Literal, Optional, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+IGNORE_INDEX = -100
+"""Label value ignored by the LM loss (PyTorch's ``cross_entropy`` default); written by the prompt code
+(``ctvl.data.prompts``), read by the model's loss (``ctvl.models.ctvl``), so it lives below both."""
 
 
 def _check_positive(name: str, values) -> None:
@@ -113,6 +118,144 @@ class SyntheticCohortConfig:
             raise ValueError(f"`validation_fraction` must be in [0, 1), got {self.validation_fraction}")
         _check_positive("shape", self.shape)
         _check_positive("spacing", self.spacing)
+
+
+# ------------------------------------------------------------------ clinical text
+
+
+def coerce_dataclass(cls: type[T], value) -> T:
+    """One nested value (a dict from YAML, or already an instance) -> dataclass ``cls``; unknown keys are named."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"{cls.__name__}: expected a mapping, got {value!r}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; known: {sorted(known)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+
+
+@dataclass(frozen=True)
+class ClinicalField:
+    """How one placeholder ``{name}`` of a clinical template is filled from a row."""
+
+    column: str = ""
+    """Source column; empty = the placeholder's own name."""
+    format: str = ""
+    """Python format spec for numbers (``".1f"``, ``"d"``); empty = integers plain, other numbers ``"g"``."""
+    unit: str = ""
+    """Appended verbatim after the value (include a leading space if wanted: ``" mmHg"``, ``"°F"``)."""
+    scale: float = 1.0
+    """Numbers are rendered as ``value * scale + offset`` (e.g. 1.8 and 32 for °C -> °F)."""
+    offset: float = 0.0
+    """See ``scale``."""
+    map: dict = field(default_factory=dict)
+    """Value map applied before formatting (keys compared case-insensitively; 1, 1.0, True and "1" are one key).
+    A value mapped to "" or null counts as missing."""
+    only_if: dict = field(default_factory=dict)
+    """``{column: [values]}``: the field counts as missing unless every listed column holds one of its values."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "map", {normalise_key(k): v for k, v in dict(self.map or {}).items()})
+        cond = {}
+        for col, allowed in dict(self.only_if or {}).items():
+            allowed = allowed if isinstance(allowed, (list, tuple)) else [allowed]
+            cond[str(col)] = [normalise_key(a) for a in allowed]
+        object.__setattr__(self, "only_if", cond)
+        if self.format:
+            try:
+                format(1.5 if self.format[-1:] not in "dxXbnoc" else 1, self.format)
+            except ValueError as err:
+                raise ValueError(f"invalid format spec {self.format!r}: {err}") from None
+
+
+def normalise_key(value: Any) -> str:
+    """Key used to compare raw values with map / only_if keys: ``True``, ``1``, ``1.0``, ``"1"`` -> ``"1"``.
+
+    >>> [normalise_key(v) for v in (True, 1.0, " Former ", "1", "1.0")]
+    ['1', '1', 'former', '1', '1']
+    """
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip().lower()
+    if re.fullmatch(r"[+-]?\d+\.0*", text):  # "1.0" from a float column read as text
+        text = str(int(float(text)))
+    return {"true": "1", "false": "0", "yes": "1", "no": "0"}.get(text, text)
+
+
+@dataclass(frozen=True)
+class ClinicalTextConfig:
+    """A cohort's clinical covariates -> one context sentence, written without code.
+
+    The sentence is ``separator.join(parts) + end``. Each part is a string or a list of pieces joined by
+    a space; a piece whose placeholder is missing is dropped, and a part left with no value is dropped,
+    so a missing value never leaves "nan" or a dangling comma.
+    """
+
+    name: str = ""
+    """Cohort name (documentation only)."""
+    parts: tuple = ()
+    """Ordered parts; each a string or a list of strings with ``{placeholder}`` names."""
+    fields: dict = field(default_factory=dict)
+    """``placeholder -> ClinicalField`` (as a mapping); placeholders not listed read the column of that name."""
+    separator: str = ", "
+    """Joins the rendered parts."""
+    end: str = "."
+    """Appended to a non-empty sentence."""
+    capitalize: bool = True
+    """Upper-case the first character of the sentence."""
+    fix_articles: bool = True
+    """Turn "a" into "an" before a vowel sound ("an 81-year-old", "an acute ...")."""
+    missing_values: tuple[str, ...] = ("", "nan", "na", "n/a", "none", "null", "unknown", "<na>", "nat")
+    """Raw values (case-insensitive) treated as missing."""
+
+    def __post_init__(self):
+        parts = tuple(tuple(p) if isinstance(p, (list, tuple)) else p for p in self.parts)
+        for p in parts:
+            for piece in p if isinstance(p, tuple) else (p,):
+                if not isinstance(piece, str):
+                    raise ValueError(
+                        f"clinical template {self.name!r}: part pieces must be strings, got {piece!r}"
+                    )
+        object.__setattr__(self, "parts", parts)
+        object.__setattr__(
+            self, "fields", {str(k): coerce_dataclass(ClinicalField, v or {}) for k, v in dict(self.fields).items()}
+        )
+        object.__setattr__(self, "missing_values", tuple(str(v).strip().lower() for v in self.missing_values))
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """What a trained model's prompts are built from, saved inside the model folder (``prompts.yaml``).
+
+    ``ctvl build-vqa`` writes it beside the pairs it renders, training copies it into the exported model, and
+    ``ctvl predict`` / ``generate`` rebuild the very same prompts from it: the template itself travels with
+    the model, not a path to it.
+    """
+
+    clinical_template: Optional[ClinicalTextConfig] = None
+    """The clinical-context template the prompts were rendered with; None = prompts without context."""
+    questions: tuple[tuple[str, str], ...] = ()
+    """``(id, text)`` of every question, in order; empty = not recorded."""
+    image_token: str = "<image>"
+    """The image placeholder between the context sentence and the question."""
+
+    def __post_init__(self):
+        if isinstance(self.clinical_template, dict):
+            object.__setattr__(self, "clinical_template", coerce_dataclass(ClinicalTextConfig,
+                                                                           self.clinical_template))
+        pairs = tuple((str(q[0]), str(q[1])) for q in self.questions)
+        if len({qid for qid, _ in pairs}) != len(pairs):
+            raise ValueError(f"prompt questions need unique ids, got {[qid for qid, _ in pairs]}")
+        object.__setattr__(self, "questions", pairs)
+
+    @property
+    def has_context(self) -> bool:
+        """Whether the prompts carry a clinical-context sentence."""
+        return self.clinical_template is not None
 
 
 # ----------------------------------------------------------------------- survival

@@ -155,15 +155,14 @@ def predict_and_evaluate(out: Path, model_dir: Path, data: DemoData, n_generate:
     from ctvl.infer.generate import run_generate
     from ctvl.infer.predict import run_predict
 
-    template = CONFIGS / "clinical" / "synthetic.yaml"
-    predictions = out / "predict" / "predictions.csv"
-    run_predict(model_dir, data.manifest, predictions, clinical_template=template, save_embeddings=True)
+    predictions = out / "predict" / "predictions.csv"  # the model's own prompts (prompts.yaml), as `ctvl predict`
+    run_predict(model_dir, data.manifest, predictions, save_embeddings=True)
     manifest = load_manifest(data.manifest)  # image paths made absolute
     sample = manifest[manifest["split"] == "validation"].head(n_generate)
     sample_path = out / "generate" / "cases.csv"
     sample_path.parent.mkdir(parents=True, exist_ok=True)
     sample.to_csv(sample_path, index=False)
-    run_generate(model_dir, sample_path, out / "generate", clinical_template=template)
+    run_generate(model_dir, sample_path, out / "generate")
     metrics = run_evaluate(predictions, data.manifest, out / "evaluate", generated=out / "generate" / "answers.jsonl",
                            references=data.vqa, embeddings=predictions.with_suffix(".z_surv.npy"), split="validation")
     return predictions, metrics
@@ -192,7 +191,9 @@ def _sample_answers(path: Path, n: int = 3) -> list[str]:
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines()[:n]]
-    return [f"sample answer [{r['case_id']}] {r['question']} -> {r['answer']}" for r in rows]
+    note = ("sample answers of the demo's decoder (a 2-layer, 64-wide random-init Llama trained on 320 cases: "
+            "expect broken text; a pretrained decoder is set with --decoder.path)")
+    return [note, *(f"  [{r['case_id']}] {r['question']} -> {r['answer']}" for r in rows)] if rows else []
 
 
 def train_stages(data: DemoData, runs: Path, stage1: RunConfig, stage2: RunConfig) -> tuple:

@@ -193,7 +193,7 @@ def bench_predict(model, spec, n: int, batch_size: int, workers: int, device: to
     from ctvl.infer.prefix import score_questions
     from ctvl.models.projector import num_image_tokens
     from ctvl.models.vision3d import compute_feature_shape
-    from ctvl.vqa.templates import load_question_set
+    from ctvl.data.questions import load_question_set
 
     questions = [q.text for q in load_question_set().questions]
     shape = (64, 64, 40) if tiny else (512, 512, 300)

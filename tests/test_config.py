@@ -14,7 +14,8 @@ from ctvl.config import (
     load_config,
     save_config,
 )
-from ctvl.vqa.config import ClinicalTextConfig, QuestionSet
+from ctvl.config import ClinicalTextConfig
+from ctvl.data.questions import QuestionSet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SCHEMA = {

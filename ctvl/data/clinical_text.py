@@ -1,7 +1,7 @@
 """Clinical covariates -> one context sentence (paper section 3, "Clinical data").
 
 The sentence is placed before the image tokens of every prompt. Templates are YAML files read into
-:class:`ctvl.vqa.config.ClinicalTextConfig` (``configs/clinical/{lung,inspect,synthetic}.yaml``), so a
+:class:`ctvl.config.ClinicalTextConfig` (``configs/clinical/{lung,inspect,synthetic}.yaml``), so a
 template for any CSV is written without code: parts with ``{placeholder}`` names, per-placeholder
 column / value map / number format / unit, and conditions. Missing values drop their piece or part,
 never leaving "nan" or a dangling comma.
@@ -12,7 +12,7 @@ Entry points:
     build_clinical_texts(frame, cfg) -> pandas.Series
 
 Example:
-    >>> from ctvl.vqa.config import ClinicalTextConfig
+    >>> from ctvl.config import ClinicalTextConfig
     >>> cfg = ClinicalTextConfig(parts=(("A {age}-year-old", "{sex}"), "pulse {pulse} bpm"),
     ...                          fields={"pulse": {"format": ".1f"}, "sex": {"map": {"F": "female"}}})
     >>> render_clinical_text({"age": 81, "sex": "F", "pulse": 65}, cfg)
@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
-from ctvl.vqa.config import ClinicalField, ClinicalTextConfig, normalise_key
+from ctvl.config import ClinicalField, ClinicalTextConfig, normalise_key
 
 _FORMATTER = string.Formatter()
 # "a" before a vowel sound: vowels, and numbers read "eight..", "eleven", "eighteen".

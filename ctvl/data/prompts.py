@@ -28,10 +28,10 @@ from typing import Literal
 
 import torch
 
+from ctvl.config import IGNORE_INDEX
+
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
-"""Label value ignored by the LM loss (PyTorch's ``cross_entropy`` default)."""
 PROMPT_TEMPLATE = "{context}\n{image}\nQuestion: {question}\nAnswer:"
 """The prompt; the answer follows as ``" {answer}"`` and the tokenizer's end-of-sequence token."""
 

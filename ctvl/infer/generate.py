@@ -35,13 +35,14 @@ import torch
 from ctvl.config import PreprocessConfig
 from ctvl.data.prompts import build_example, collate_examples
 from ctvl.infer.inputs import (
-    build_contexts,
+    CONTEXT_STAGE,
+    NO_CONTEXT_REASON,
     iter_volume_batches,
     load_model_run,
+    model_contexts,
     resolve_inputs,
     resolve_preprocess,
     resolve_questions,
-    resolve_template,
 )
 from ctvl.infer.prefix import score_questions
 from ctvl.utils.errors import ErrorLog
@@ -175,14 +176,16 @@ def run_generate(model_dir: str | os.PathLike, inputs, out_dir: str | os.PathLik
                  preprocess_cfg: Optional[PreprocessConfig] = None, max_new_tokens: int = 64,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 2,
                  workers: int = 0, risk_threshold: Optional[float] = None, seed: int = 0, resume: bool = True,
-                 progress: bool = True, device: Optional[str] = None) -> GenerateSummary:
+                 progress: bool = True, device: Optional[str] = None,
+                 allow_missing_context: bool = False) -> GenerateSummary:
     """Answer ``questions`` about every volume of ``inputs``; write ``answers.jsonl`` and the reports.
 
     Args:
         model_dir: a ``CTVLModel.save_pretrained`` directory.
         inputs: manifest, folder of NIfTI files or folder of DICOM-series folders (as :func:`run_predict`).
         out_dir: output folder (created).
-        clinical, clinical_template, questions, preprocess_cfg: as :func:`ctvl.infer.predict.run_predict`.
+        clinical, clinical_template, questions, preprocess_cfg, allow_missing_context: as
+            :func:`ctvl.infer.predict.run_predict` (by default the model's own template and questions).
         max_new_tokens: answer length limit.
         do_sample: sample instead of greedy decoding; ``temperature`` and ``top_p`` apply then.
         batch_size: volumes per batch (``batch_size x n_questions`` prompts per ``generate`` call).
@@ -208,7 +211,7 @@ def run_generate(model_dir: str | os.PathLike, inputs, out_dir: str | os.PathLik
     errors = ErrorLog(out / "errors.csv", mode="w")
     resolved.record_duplicates(errors)
     run = load_model_run(model_dir, device)
-    questions = resolve_questions(questions, run.run_cfg)
+    questions = resolve_questions(questions, run)
     cfg = resolve_preprocess(preprocess_cfg, run.run_cfg)
     answers_path = out / ANSWERS
     records = load_answers(answers_path) if resume else []
@@ -217,10 +220,17 @@ def run_generate(model_dir: str | os.PathLike, inputs, out_dir: str | os.PathLik
     _rewrite(answers_path, records)
     cases = resolved.cases
     todo = [(c, f) for c, f in zip(cases["case_id"], cases["image"]) if c not in done]
-    contexts = build_contexts([c for c, _ in todo], resolve_template(clinical_template, run.run_cfg),
-                              clinical=clinical, table=resolved.table)
+    contexts = model_contexts(run, [c for c, _ in todo], clinical_template, clinical=clinical,
+                              table=resolved.table, allow_missing_context=allow_missing_context)
     summary = GenerateSummary(out, len(cases), 0, len(cases) - len(todo), len(resolved.duplicates), 0.0,
                               failed=[c for c, _ in resolved.duplicates])
+    refused = set(contexts.refused)
+    for case_id, file in todo:
+        if case_id in refused:
+            errors.add(case_id, file, CONTEXT_STAGE, NO_CONTEXT_REASON)
+            summary.n_failed += 1
+            summary.failed.append(case_id)
+    todo = [(c, f) for c, f in todo if c not in refused]
     torch.manual_seed(seed)
     with open(answers_path, "a", encoding="utf-8") as fh, \
             tqdm(total=len(todo), disable=not progress, unit="case", desc="generate") as bar:
@@ -229,7 +239,7 @@ def run_generate(model_dir: str | os.PathLike, inputs, out_dir: str | os.PathLik
             failed = [(it, *it["error"]) for it in batch if it["error"] is not None]
             if good:
                 try:
-                    new = _answer_batch(run, good, contexts, questions, gen_kwargs)
+                    new = _answer_batch(run, good, contexts.sentences, questions, gen_kwargs)
                     fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new))
                     fh.flush()
                     summary.n_generated += len(good)

@@ -34,9 +34,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ctvl.config import PreprocessConfig, RunConfig, load_config
+from ctvl.config import ClinicalTextConfig, PreprocessConfig, PromptConfig, RunConfig, load_config
+from ctvl.data.clinical_text import build_clinical_texts, load_clinical_template, template_columns
 from ctvl.data.io import ITK_SUFFIXES, NIFTI_SUFFIXES
 from ctvl.data.manifest import validate_manifest
+from ctvl.data.questions import QuestionSet, load_question_set
 from ctvl.data.tables import TABLE_SUFFIXES, read_table
 from ctvl.utils.errors import ErrorLog
 
@@ -165,6 +167,11 @@ class ModelRun:
     """DeepHit time-bin cut points (``time_bins.json``), None for Cox."""
     device: torch.device
 
+    @property
+    def prompts(self) -> Optional[PromptConfig]:
+        """What the training prompts were built from (``prompts.yaml`` of the model), None when unknown."""
+        return getattr(self.model, "prompts", None)
+
 
 def load_model_run(model_dir: str | os.PathLike, device: Optional[str] = None) -> ModelRun:
     """``CTVLModel.from_pretrained`` in eval mode on ``device``, plus the run's ``run_config.yaml`` (in
@@ -193,28 +200,37 @@ def load_model_run(model_dir: str | os.PathLike, device: Optional[str] = None) -
     elif model.cfg.survival.head == "discrete":
         logger.warning("%s has no time_bins.json: DeepHit survival probabilities cannot be placed in time",
                        model_dir)
+    if model.prompts is None:
+        logger.warning("%s has no prompts.yaml (saved by an older ctvl): the clinical template and questions "
+                       "come from run_config.yaml and cannot be checked against the training prompts", model_dir)
     return ModelRun(model, run_cfg, cuts, dev)
 
 
-def resolve_questions(questions=None, run_cfg: Optional[RunConfig] = None) -> list[tuple[str, str]]:
+def resolve_questions(questions=None, run: Optional[ModelRun] = None) -> list[tuple[str, str]]:
     """``(id, text)`` pairs from a question-set YAML path, a ``QuestionSet``, texts or pairs.
 
-    None: the run's ``data.questions`` file when it exists, else the paper's six built-in questions.
+    None: the questions the model was trained with (its ``prompts.yaml``); for an older model folder the
+    run's ``data.questions`` file when it exists, else the paper's six. Given questions that differ from the
+    trained ones are used, with a warning.
     """
-    from ctvl.vqa.config import QuestionSet
-    from ctvl.vqa.templates import load_question_set
-
+    trained = run.prompts.questions if run is not None and run.prompts is not None else ()
+    if questions is None and trained:
+        return list(trained)
     if questions is None:
-        path = run_cfg.data.questions if run_cfg is not None else ""
+        path = run.run_cfg.data.questions if run is not None and run.run_cfg is not None else ""
         questions = load_question_set(path if path and Path(path).is_file() else None)
     elif isinstance(questions, (str, os.PathLike)):
         questions = load_question_set(questions)
     if isinstance(questions, QuestionSet):
-        return [(q.id, q.text) for q in questions.questions]
-    pairs = [(f"q{i + 1}", q) if isinstance(q, str) else (str(q[0]), str(q[1]))
-             for i, q in enumerate(questions)]
+        pairs = [(q.id, q.text) for q in questions.questions]
+    else:
+        pairs = [(f"q{i + 1}", q) if isinstance(q, str) else (str(q[0]), str(q[1]))
+                 for i, q in enumerate(questions)]
     if not pairs or len({p[0] for p in pairs}) != len(pairs):
         raise ValueError(f"questions need at least one entry and unique ids, got {[p[0] for p in pairs]}")
+    if trained and pairs != list(trained):
+        logger.warning("the questions given differ from the %d the model was trained with (%s): prompts and "
+                       "risks change accordingly", len(trained), [qid for qid, _ in trained])
     return pairs
 
 
@@ -229,10 +245,29 @@ def resolve_preprocess(preprocess_cfg: Optional[PreprocessConfig],
     return PreprocessConfig()
 
 
-def resolve_template(template, run_cfg: Optional[RunConfig]):
-    if template is not None:
-        return template or None
-    return (run_cfg.data.clinical_template or None) if run_cfg is not None else None
+def resolve_template(template: str | os.PathLike | ClinicalTextConfig | None,
+                     run: Optional[ModelRun]) -> Optional[ClinicalTextConfig]:
+    """The clinical template of a run: the given one ("" = none), else the one the model was trained with.
+
+    A given template that differs from the trained one is used, with a warning. An older model folder
+    without ``prompts.yaml`` falls back to its run's ``data.clinical_template`` path.
+    """
+    saved = run.prompts if run is not None else None
+    if template is None:
+        if saved is not None:
+            return saved.clinical_template
+        path = run.run_cfg.data.clinical_template if run is not None and run.run_cfg is not None else ""
+        return load_clinical_template(path) if path else None
+    chosen = None
+    if isinstance(template, ClinicalTextConfig):
+        chosen = template
+    elif str(template):
+        chosen = load_clinical_template(template)
+    if saved is not None and chosen != saved.clinical_template:
+        logger.warning("clinical template %s differs from the one the model was trained with (%s): the "
+                       "context sentences change", template or "(none)",
+                       "none" if saved.clinical_template is None else repr(saved.clinical_template.name))
+    return chosen
 
 
 # ---------------------------------------------------------------------------- clinical context
@@ -254,14 +289,15 @@ def load_clinical_table(clinical: str | os.PathLike | pd.DataFrame) -> pd.DataFr
     return df.loc[~dup]
 
 
-def build_contexts(case_ids: list[str], template: Optional[str | os.PathLike], *,
+def build_contexts(case_ids: list[str], template: str | os.PathLike | ClinicalTextConfig | None, *,
                    clinical: str | os.PathLike | pd.DataFrame | None = None,
                    table: Optional[pd.DataFrame] = None) -> dict[str, Optional[str]]:
     """Clinical-context sentence per case (None = no context line).
 
     Args:
         case_ids: the cases.
-        template: clinical-text YAML (``configs/clinical/*.yaml``); None = no context for any case.
+        template: clinical-text template (a ``configs/clinical/*.yaml`` path or the config itself); None =
+            no context for any case.
         clinical: table joined on ``case_id``; when None, the manifest's own columns (``table``) are used.
         table: the manifest rows (``Inputs.table``).
 
@@ -271,13 +307,11 @@ def build_contexts(case_ids: list[str], template: Optional[str | os.PathLike], *
     """
     if template is None:
         return {cid: None for cid in case_ids}
-    from ctvl.data.clinical_text import build_clinical_texts, load_clinical_template
-
-    cfg = load_clinical_template(template)
+    cfg = template if isinstance(template, ClinicalTextConfig) else load_clinical_template(template)
     source = load_clinical_table(clinical) if clinical is not None else table
     if source is None:
         logger.warning("clinical template %s given but no clinical table (and the input is not a manifest): "
-                       "prompts have no context line", template)
+                       "prompts have no context line", cfg.name or template)
         return {cid: None for cid in case_ids}
     frame = pd.DataFrame({"case_id": [str(c) for c in case_ids]})
     frame = frame.merge(source, on="case_id", how="left", indicator="_found", suffixes=("", "_clinical"))
@@ -289,6 +323,77 @@ def build_contexts(case_ids: list[str], template: Optional[str | os.PathLike], *
         logger.warning("%d case(s) have no clinical data and get no context sentence, e.g. %s",
                        len(missing), missing[:5])
     return contexts
+
+
+CONTEXT_STAGE = "context"
+"""``errors.csv`` stage of a case refused for lack of the clinical data its model was trained with."""
+NO_CONTEXT_REASON = ("no clinical data for the context sentence the model was trained with "
+                     "(--allow_missing_context goes on without it)")
+
+
+@dataclass
+class Contexts:
+    """The clinical-context sentences of a run's cases.
+
+    Attributes:
+        sentences: case_id -> sentence, or None for a case prompted without one.
+        refused: cases refused because their model needs a sentence they have no data for.
+        template: the template in use (None = no context for any case).
+    """
+
+    sentences: dict[str, Optional[str]]
+    refused: list[str]
+    template: Optional[ClinicalTextConfig]
+
+    @property
+    def n_without(self) -> int:
+        """Cases prompted without a sentence although a template is in use."""
+        if self.template is None:
+            return 0
+        return sum(v is None for v in self.sentences.values()) - len(self.refused)
+
+
+def model_contexts(run: ModelRun, case_ids: list[str], template, *, clinical=None,
+                   table: Optional[pd.DataFrame] = None, allow_missing_context: bool = False) -> Contexts:
+    """The context sentences of ``case_ids`` for ``run``'s model, refusing to drop context silently.
+
+    A model trained with clinical context (its ``prompts.yaml`` holds a template) asked to predict without
+    it is an error unless ``allow_missing_context``: no template at all, or a clinical source that lacks the
+    template's columns, raises; a single case without clinical data is refused (``Contexts.refused``, for
+    ``errors.csv``) while the others run.
+
+    Args:
+        run: the model run (:func:`load_model_run`).
+        case_ids: the cases.
+        template: as :func:`resolve_template` (None = the model's own).
+        clinical, table: as :func:`build_contexts`.
+        allow_missing_context: prompt cases without data (or every case, without a template) with no
+            context line instead.
+
+    Raises:
+        ValueError: the run as a whole has no clinical context for a model trained with it.
+    """
+    template = resolve_template(template, run)
+    trained = run.prompts is not None and run.prompts.has_context
+    source = load_clinical_table(clinical) if clinical is not None else table
+    problem = None
+    if template is None:
+        problem = "no clinical template is in use"
+    elif source is None:
+        problem = "the input has no clinical table (a folder of volumes needs --clinical)"
+    elif absent := [c for c in template_columns(template) if c not in source.columns]:
+        problem = f"the clinical table lacks the template's column(s) {absent}"
+    if problem is not None and (trained or template is not None) and not allow_missing_context:
+        raise ValueError(f"{'the model was trained with a clinical-context sentence, but ' if trained else ''}"
+                         f"{problem}; give them (--clinical/--clinical_template) or pass "
+                         "--allow_missing_context to go on without")
+    if problem is not None:
+        if template is not None:
+            logger.warning("%s: every case is prompted without a context sentence", problem)
+        return Contexts({cid: None for cid in case_ids}, [], None)
+    sentences = build_contexts(case_ids, template, table=source)
+    refused = [] if allow_missing_context or not trained else [c for c, t in sentences.items() if t is None]
+    return Contexts(sentences, refused, template)
 
 
 # ---------------------------------------------------------------------------- streaming volumes

@@ -16,6 +16,7 @@ Files (``out`` = ``predictions.csv`` or ``.parquet``)::
     errors.csv                       case_id, file, stage, reason of every failed case of this run
     predictions.z_surv.npy           (n, D) float32 mean survival latents, rows = output rows
                                      (``save_embeddings``)
+    predictions.z_surv.parts/        the latents while the run goes on (removed once the .npy is written)
     predictions.csv.rank<k>          per-rank output under sharding; :func:`merge_shards` combines them
 
 A rerun skips the cases already in the output (``resume``); a killed job leaves the last complete chunk.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,13 +42,14 @@ from ctvl.config import PreprocessConfig
 from ctvl.data.tables import read_table, table_format
 from ctvl.infer.inputs import (
     ModelRun,
-    build_contexts,
+    CONTEXT_STAGE,
+    NO_CONTEXT_REASON,
     iter_volume_batches,
     load_model_run,
+    model_contexts,
     resolve_inputs,
     resolve_preprocess,
     resolve_questions,
-    resolve_template,
 )
 from ctvl.infer.prefix import score_questions
 from ctvl.utils.errors import ErrorLog, load_errors
@@ -115,8 +118,11 @@ def embeddings_path(out_path: str | os.PathLike) -> Path:
     return Path(out_path).with_suffix(".z_surv.npy")
 
 
-def _parts_dir(table_path: Path) -> Path:
-    return Path(f"{table_path}.z_surv.parts")
+def _parts_dir(out_path: str | os.PathLike, rank: Optional[int] = None) -> Path:
+    """Work folder of the latents while a run goes on: ``predictions.z_surv.parts`` (``.rank<k>.parts``
+    per rank); removed once ``predictions.z_surv.npy`` is written."""
+    base = embeddings_path(out_path).with_suffix("")
+    return Path(f"{base}.parts" if rank is None else f"{base}.rank{rank}.parts")
 
 
 def load_predictions(path: str | os.PathLike, fmt: Optional[str] = None) -> pd.DataFrame:
@@ -140,7 +146,8 @@ def _write_atomic(df: pd.DataFrame, path: Path, fmt: str) -> None:
 class _Output:
     """Prediction rows by case_id (+ optional latents), flushed atomically to ``path``."""
 
-    def __init__(self, path: Path, fmt: str, resume: bool, embeddings: bool, columns: list[str]):
+    def __init__(self, path: Path, fmt: str, resume: bool, parts: Optional[Path], columns: list[str],
+                 finished_latents: Optional[Path] = None):
         self.path, self.fmt = path, fmt
         self.rows: dict[str, dict] = {}
         if resume and path.exists():
@@ -154,11 +161,22 @@ class _Output:
                                  f"{columns} (other questions or horizons?); pass resume=False or another "
                                  "output path")
             self.rows = {r["case_id"]: r for r in old.to_dict("records")}
-        self.parts = _parts_dir(path) if embeddings else None
+        self.parts = parts
         self.pending_z: list[tuple[list[str], np.ndarray]] = []
         self.n_new, self.last_flush = 0, time.monotonic()
-        if self.parts is not None:
-            self.parts.mkdir(parents=True, exist_ok=True)
+        if self.parts is not None and not self.parts.is_dir():
+            self.parts.mkdir(parents=True)
+            self._seed_parts(finished_latents)
+
+    def _seed_parts(self, finished: Optional[Path]) -> None:
+        """A resumed finished run: its ``.z_surv.npy`` (rows = the output's rows) becomes the first part."""
+        if not self.rows or finished is None or not finished.is_file():
+            return
+        z = np.load(finished)
+        ids = list(_sorted_frame(self.rows.values())["case_id"])
+        if len(z) == len(ids):
+            self.pending_z.append((ids, z))
+            self.flush()
 
     def add(self, rows: list[dict], z: Optional[np.ndarray]) -> None:
         for row in rows:
@@ -265,8 +283,8 @@ def run_predict(model_dir: str | os.PathLike, inputs, out_path: str | os.PathLik
                 preprocess_cfg: Optional[PreprocessConfig] = None, batch_size: int = 4, workers: int = 2,
                 horizons: Optional[Sequence[float]] = None, shard: Optional[tuple[int, int]] = None,
                 resume: bool = True, progress: bool = True, shared_prefix: bool = True,
-                save_embeddings: bool = False, flush_every: int = 256,
-                device: Optional[str] = None) -> PredictSummary:
+                save_embeddings: bool = False, flush_every: int = 256, device: Optional[str] = None,
+                allow_missing_context: bool = False) -> PredictSummary:
     """Predict the risk of every case of ``inputs`` into ``out_path`` (CSV or Parquet by suffix).
 
     Args:
@@ -274,10 +292,10 @@ def run_predict(model_dir: str | os.PathLike, inputs, out_path: str | os.PathLik
         inputs: manifest (CSV/Parquet/DataFrame), folder of NIfTI files or folder of DICOM-series folders.
         out_path: ``.csv``, ``.parquet`` or ``.pq``; ``errors.csv`` is written next to it.
         clinical: table (path or DataFrame) joined on ``case_id``; None = the manifest's own columns.
-        clinical_template: clinical-text YAML; None = the run's ``data.clinical_template`` (empty: no
-            context).
-        questions: question-set YAML, ``QuestionSet``, texts or ``(id, text)`` pairs; None = the run's set or
-            the paper's six.
+        clinical_template: clinical-text YAML (or ``ClinicalTextConfig``); None = the template the model was
+            trained with (its ``prompts.yaml``); "" = none. One that differs from the trained one is logged.
+        questions: question-set YAML, ``QuestionSet``, texts or ``(id, text)`` pairs; None = the questions
+            the model was trained with (else the run's set or the paper's six).
         preprocess_cfg: None = the run's ``run_config.yaml`` (next to ``model_dir``), else Merlin's defaults.
         batch_size: volumes per model batch (each batch runs ``batch_size x n_questions`` prompts).
         workers: DataLoader worker processes loading + preprocessing volumes (0 = in this process).
@@ -291,13 +309,17 @@ def run_predict(model_dir: str | os.PathLike, inputs, out_path: str | os.PathLik
         save_embeddings: also write the mean survival latents ``z_surv`` (``<out>.z_surv.npy``).
         flush_every: rewrite the output after this many new cases (and at least every minute).
         device: default CUDA when available, else CPU.
+        allow_missing_context: predict cases without a context sentence although the model was trained with
+            one; by default the run is refused (no template or clinical columns) or the case fails (no
+            clinical data for it, stage ``context`` in ``errors.csv``).
 
     Returns:
         PredictSummary; ``exit_code`` 1 when any case failed.
 
     Raises:
         ValueError: unusable input (missing path, invalid manifest, folder without volumes), unusable
-            output path, or an existing output that cannot be read for resuming.
+            output path, an existing output that cannot be read for resuming, or no clinical context for a
+            model trained with it.
     """
     from tqdm.auto import tqdm
 
@@ -313,21 +335,28 @@ def run_predict(model_dir: str | os.PathLike, inputs, out_path: str | os.PathLik
     if rank == 0:
         resolved.record_duplicates(errors)
     run = load_model_run(model_dir, device)
-    questions = resolve_questions(questions, run.run_cfg)
+    questions = resolve_questions(questions, run)
     cfg = resolve_preprocess(preprocess_cfg, run.run_cfg)
-    template = resolve_template(clinical_template, run.run_cfg)
     horizons = _horizons(run, horizons)
     mine = resolved.cases.iloc[rank::world]
     columns = ["case_id", "risk", *(f"risk_{q}" for q, _ in questions), *(f"surv_{h:.10g}" for h in horizons),
                "has_context"]
-    output = _Output(table_path, fmt, resume, save_embeddings, columns)
+    parts = _parts_dir(out_path, None if world == 1 else rank) if save_embeddings else None
+    output = _Output(table_path, fmt, resume, parts, columns,
+                     finished_latents=embeddings_path(out_path) if world == 1 and resume else None)
     todo = [(c, f) for c, f in zip(mine["case_id"], mine["image"]) if c not in output.rows]
-    contexts = build_contexts([c for c, _ in todo], template, clinical=clinical, table=resolved.table)
-    summary = PredictSummary(out_path, len(mine), 0, len(mine) - len(todo), 0,
-                             sum(v is None for v in contexts.values()) if template else 0, 0.0, err_path)
+    contexts = model_contexts(run, [c for c, _ in todo], clinical_template, clinical=clinical,
+                              table=resolved.table, allow_missing_context=allow_missing_context)
+    summary = PredictSummary(out_path, len(mine), 0, len(mine) - len(todo), 0, contexts.n_without, 0.0,
+                             err_path)
     if rank == 0:
         summary.n_failed = len(resolved.duplicates)
         summary.failed = [c for c, _ in resolved.duplicates]
+    refused = set(contexts.refused)
+    for case_id, file in todo:
+        if case_id in refused:
+            _fail(summary, errors, {"case_id": case_id, "file": file}, CONTEXT_STAGE, NO_CONTEXT_REASON)
+    todo = [(c, f) for c, f in todo if c not in refused]
     logger.info("predict: %d case(s) on rank %d/%d, %d already done, %d question(s), %s", len(mine), rank,
                 world, summary.n_skipped, len(questions), "shared prefix" if shared_prefix else "full passes")
     bar = tqdm(total=len(todo), disable=not progress, unit="case", desc="predict")
@@ -338,7 +367,8 @@ def run_predict(model_dir: str | os.PathLike, inputs, out_path: str | os.PathLik
                 if it["error"] is not None:
                     _fail(summary, errors, it, *it["error"])
             if good:
-                _run_batch(run, good, contexts, questions, horizons, shared_prefix, output, summary, errors)
+                _run_batch(run, good, contexts.sentences, questions, horizons, shared_prefix, output, summary,
+                           errors)
             output.maybe_flush(flush_every)
             bar.update(len(batch))
             bar.set_postfix(failed=summary.n_failed, refresh=False)
@@ -348,6 +378,8 @@ def run_predict(model_dir: str | os.PathLike, inputs, out_path: str | os.PathLik
     if world == 1 and save_embeddings and output.rows:
         summary.embeddings_path = _write_embeddings(
             _sorted_frame(output.rows.values()), _load_parts(output.parts), embeddings_path(out_path))
+        if summary.embeddings_path is not None:
+            shutil.rmtree(output.parts, ignore_errors=True)
     summary.seconds = time.perf_counter() - start
     _finish_shards(out_path, rank, world)
     logger.info("predict: %d predicted, %d skipped, %d failed in %.1f s -> %s (errors: %s)",
@@ -416,9 +448,11 @@ def merge_shards(out_path: str | os.PathLike, world: int) -> Path:
     tmp = errors_path(out_path).with_name(f".errors.csv.tmp-{os.getpid()}")
     merged.to_csv(tmp, index=False)
     os.replace(tmp, errors_path(out_path))
-    parts = [_parts_dir(p) for p in paths if _parts_dir(p).is_dir()]
+    parts = [_parts_dir(out_path, k) for k in range(world) if _parts_dir(out_path, k).is_dir()]
     if parts:
         latents = {k: v for d in parts for k, v in _load_parts(d).items()}
-        _write_embeddings(table, latents, embeddings_path(out_path))
+        if _write_embeddings(table, latents, embeddings_path(out_path)) is not None:
+            for folder in parts:
+                shutil.rmtree(folder, ignore_errors=True)
     logger.info("merged %d rank file(s): %d case(s) -> %s", world, len(table), out_path)
     return out_path

@@ -35,7 +35,7 @@ import torch
 
 from ctvl.data.prompts import build_example, collate_examples, encode_prompt
 from ctvl.models.ctvl import CTVLModel, compute_deephit_risk
-from ctvl.models.decoder import base_model
+from ctvl.models.decoder import base_model, run_with_cache
 from ctvl.survival.heads import pmf_from_logits, survival_from_logits
 
 logger = logging.getLogger(__name__)
@@ -196,14 +196,14 @@ def _score_shared(model: CTVLModel, questions, contexts, image_features, n_img: 
     embed = model.decoder.get_input_embeddings()
     p_emb = embed(p_ids).masked_scatter(image_mask.unsqueeze(-1), feats.to(embed.weight.dtype))  # (B, Lp, D)
     decoder = base_model(model.decoder).get_decoder()  # the transformer without lm_head; LoRA layers inside
-    cache = decoder(inputs_embeds=p_emb, attention_mask=p_mask, use_cache=True).past_key_values
+    _, cache = run_with_cache(decoder, inputs_embeds=p_emb, attention_mask=p_mask)
     cache.batch_repeat_interleave(q)  # (B, H, Lp, d) -> (B*Q, H, Lp, d), case-major
     s_ids, s_mask, s_len = _pad(suffixes, tok.pad_token_id, device)  # (Q, Ls): the same for every case
     s_ids, s_mask, s_len = s_ids.repeat(b, 1), s_mask.repeat(b, 1), s_len.repeat(b)  # (B*Q, ...), case-major
     positions = p_len.repeat_interleave(q)[:, None] + torch.arange(s_ids.shape[1], device=device)  # (B*Q, Ls)
     mask = torch.cat([p_mask.repeat_interleave(q, dim=0), s_mask], dim=1)  # (B*Q, Lp + Ls)
-    hidden = decoder(inputs_embeds=embed(s_ids), attention_mask=mask, position_ids=positions,
-                     past_key_values=cache, use_cache=True).last_hidden_state  # (B*Q, Ls, D)
+    hidden, _ = run_with_cache(decoder, cache, inputs_embeds=embed(s_ids), attention_mask=mask,
+                               position_ids=positions)  # (B*Q, Ls, D)
     h = hidden[torch.arange(b * q, device=device), s_len - 1]  # (B*Q, D): each question's last prompt token
     return _scores(_survival(model, h), b, q)
 

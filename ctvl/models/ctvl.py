@@ -30,6 +30,8 @@ Saved directory (safetensors only; nothing is unpickled when loading)::
                              the base decoder is random-init (decoder.path None)
     vision.safetensors       image encoder, when random-init or trainable (else rebuilt from the Merlin .pt)
     tokenizer/               tokenizer with <image> and pad
+    prompts.yaml             the prompts' clinical template and questions (PromptConfig), when known:
+                             ``ctvl predict``/``generate`` rebuild the training prompts from it
 """
 
 from __future__ import annotations
@@ -38,14 +40,14 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ctvl.config import CTVLConfig, SurvivalConfig, load_config, save_config
-from ctvl.data.prompts import IGNORE_INDEX
+from ctvl.config import IGNORE_INDEX, CTVLConfig, PromptConfig, SurvivalConfig, load_config, save_config
 from ctvl.models.decoder import (
     apply_lora,
     base_model,
@@ -72,6 +74,7 @@ from ctvl.survival.losses import (
 logger = logging.getLogger(__name__)
 
 MANIFEST = "ctvl_model.json"
+PROMPTS_FILE = "prompts.yaml"
 FORMAT_VERSION = 1
 
 
@@ -193,6 +196,9 @@ class CTVLModel(nn.Module):
         decoder: a transformers causal LM, possibly a ``peft.PeftModel``.
         survival: the survival branch on ``D``-wide hidden states.
         tokenizer: the tokenizer holding ``cfg.image_token`` (saved with the model).
+
+    Attributes:
+        prompts: the :class:`~ctvl.config.PromptConfig` of the training prompts, or None when unknown.
     """
 
     def __init__(self, cfg: CTVLConfig, vision: MerlinImageEncoder, projector: nn.Module,
@@ -205,6 +211,8 @@ class CTVLModel(nn.Module):
         self.survival = survival
         self.tokenizer = tokenizer
         self.image_token_id = tokenizer.convert_tokens_to_ids(cfg.image_token)
+        self.prompts: Optional[PromptConfig] = None
+        """What the training prompts were built from (set by training, saved as ``prompts.yaml``)."""
 
     # ------------------------------------------------------------------ images
     def get_image_features(
@@ -390,6 +398,10 @@ class CTVLModel(nn.Module):
             manifest["vision"] = "vision.safetensors"
         self.tokenizer.save_pretrained(d / "tokenizer")
         manifest["tokenizer"] = "tokenizer"
+        manifest["prompts"] = None
+        if self.prompts is not None:
+            save_config(self.prompts, d / PROMPTS_FILE)
+            manifest["prompts"] = PROMPTS_FILE
         (d / MANIFEST).write_text(json.dumps(manifest, indent=2))
         logger.info("saved CTVLModel to %s (%s)", d, {k: v for k, v in manifest.items() if v})
 
@@ -420,6 +432,8 @@ class CTVLModel(nn.Module):
         model._decoder_changed = manifest["decoder"] is not None and cfg.decoder.path is not None
         model.projector.load_state_dict(load_file(d / "projector.safetensors"))
         model.survival.load_state_dict(load_file(d / "survival.safetensors"))
+        if manifest.get("prompts"):
+            model.prompts = load_config(PromptConfig, d / manifest["prompts"])
         return model.eval()
 
 

@@ -16,6 +16,7 @@ LLaVA's ``LlamaForCausalLM`` subclass, which broke on new transformers releases)
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from pathlib import Path
@@ -230,3 +231,24 @@ def merge_lora(model: nn.Module) -> PreTrainedModel:
 def base_model(model: nn.Module) -> PreTrainedModel:
     """The underlying transformers model (unwraps peft)."""
     return model.get_base_model() if is_peft_model(model) else model
+
+
+def run_with_cache(decoder: nn.Module, cache=None, **inputs):
+    """One pass of a transformer ``decoder`` (no LM head) that keeps its key/value cache.
+
+    transformers renamed the cache argument and output field from ``past_key_values`` to ``cache`` (the old
+    name warns, and its removal is announced); this passes and reads whichever the installed version uses.
+
+    Args:
+        decoder: e.g. ``LlamaModel`` (``base_model(model).get_decoder()``).
+        cache: a cache from an earlier call to continue from, or None to start one.
+        inputs: the forward's other keyword arguments (``inputs_embeds``, ``attention_mask``, ...).
+
+    Returns:
+        (last_hidden_state ``(B, L, D)``, the cache after this pass).
+    """
+    name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    if cache is not None:
+        inputs[name] = cache
+    out = decoder(use_cache=True, **inputs)
+    return out.last_hidden_state, getattr(out, name)

@@ -26,6 +26,7 @@ import torch
 
 from ctvl.config import RunConfig, TrainConfig, save_config
 from ctvl.data.datasets import VQASurvivalDataset, collate, load_vqa_pairs
+from ctvl.data.model_prompts import training_prompt_config
 from ctvl.data.sampler import EpochBatchSampler
 from ctvl.train import checkpoint as ckpt
 from ctvl.train.engine import build_engine, init_distributed, is_main_process, rank, world_size
@@ -291,6 +292,7 @@ def fit(cfg: RunConfig, progress: bool = True) -> FitResult:
     if not pairs:
         raise ValueError(f"{cfg.data.vqa}: no VQA pairs (for cases of the manifest)")
     model = build_model(cfg, pairs)
+    model.prompts = training_prompt_config(cfg.data.vqa, cfg.data.clinical_template, cfg.data.questions)
     set_trainable(model, tc.stage)
     train_ds, eval_ds = build_datasets(cfg, pairs, model, targets)
     require_micro_batch(len(train_ds), tc)

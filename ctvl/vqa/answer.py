@@ -23,7 +23,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
-from ctvl.vqa.config import QuestionSet
+from ctvl.data.questions import QuestionSet
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@ Steps (all outputs under ``out_dir``):
    {"from": "gpt", "value": "<answer>"}]}``.
 4. ``review.csv`` (``approve`` / ``edited_answer``), ``errors.csv`` (``case_id,file,stage,reason``: empty
    reports, failed chunks, duplicate ids), ``build_settings.json`` and ``summary.json``.
+5. ``prompts.yaml`` -- the clinical template itself and the questions the prompts were rendered with
+   (:class:`ctvl.config.PromptConfig`); training saves it with the model, so inference rebuilds the same
+   prompts.
 
 Deterministic: rule answers are a pure function of the report; LLM answers are greedy, and chunks are cut at
 fixed input positions so a resumed run forms the same batches as an uninterrupted one (bf16 logits depend on
@@ -34,11 +37,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ctvl.data.clinical_text import build_clinical_texts, load_clinical_template
+from ctvl.data.model_prompts import make_prompt_config, write_prompt_config
+from ctvl.data.questions import QuestionSet, load_question_set
 from ctvl.utils.errors import ErrorLog
 from ctvl.vqa.answer import AnswerExtractor, compose_report, split_sections
-from ctvl.vqa.config import QuestionSet, VQAConfig
+from ctvl.vqa.config import VQAConfig
 from ctvl.vqa.review import apply_review, export_review_csv, load_review_csv, pair_id
-from ctvl.vqa.templates import load_question_set
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +118,6 @@ def _prepare(reports, cfg: VQAConfig, clinical, errors: ErrorLog) -> list[dict]:
         frame = reports.merge(clinical, on=cfg.id_column, how="left", suffixes=("", "_clinical"))
     texts = None
     if cfg.clinical_template:
-        from ctvl.data.clinical_text import build_clinical_texts, load_clinical_template
-
         texts = build_clinical_texts(frame, load_clinical_template(cfg.clinical_template)).tolist()
     items, seen = [], set()
     for i, row in enumerate(frame.to_dict("records")):
@@ -371,6 +374,8 @@ def run_build_vqa(
     extractor = extractor or _build_extractor(cfg)
     settings = _settings(cfg, questions, extractor)
     done, mode = _start_journal(out_dir, settings, resume)
+    template = load_clinical_template(cfg.clinical_template) if cfg.clinical_template else None
+    prompts_path = write_prompt_config(make_prompt_config(template, questions, cfg.image_token), out_dir)
     errors = ErrorLog(out_dir / ERRORS, mode=mode)
     items = _prepare(reports, cfg, clinical, errors)
     summary = BuildSummary(n_reports=len(items))
@@ -391,7 +396,8 @@ def run_build_vqa(
     summary.n_resumed = len(items) - sum(map(len, chunks))
     _process(chunks, extractor, questions, cfg, out_dir / JOURNAL, errors, summary, progress)
     _export(out_dir, _ordered(read_journal(out_dir / JOURNAL), items), cfg, summary)
-    summary.paths.update(volumes=str(out_dir / JOURNAL), errors=str(out_dir / ERRORS))
+    summary.paths.update(volumes=str(out_dir / JOURNAL), errors=str(out_dir / ERRORS),
+                         prompts=str(prompts_path))
     (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
     logger.info("build-vqa: %s", {k: v for k, v in asdict(summary).items() if k != "paths"})
     return summary

@@ -32,8 +32,9 @@ import re
 from pathlib import Path
 from typing import Literal, Optional
 
+from ctvl.data.questions import QuestionSet
 from ctvl.vqa.answer import Answer, Provenance, normalise_answer
-from ctvl.vqa.config import QuestionSet, VQAConfig
+from ctvl.vqa.config import VQAConfig
 from ctvl.vqa.extract_rules import RuleExtractor, unicode_clean
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Needs no model and is the default offline back-end (and the LLM back-end's per-slot fallback). For
 each question, the sentences of the findings section matching one of its ``include`` patterns and none
-of its ``exclude`` patterns (:class:`ctvl.vqa.config.QuestionSpec`) are the answer, in report order;
+of its ``exclude`` patterns (:class:`ctvl.data.questions.QuestionSpec`) are the answer, in report order;
 when the findings say nothing the impression is searched; when neither does, the answer is the
 question set's canonical "not mentioned" phrase.
 
@@ -11,7 +11,7 @@ Entry points:
     RuleExtractor(max_sentences=4).extract(reports, questions) -> list[list[Answer]]
 
 Example:
-    >>> from ctvl.vqa.config import QuestionSet
+    >>> from ctvl.data.questions import QuestionSet
     >>> qs = QuestionSet()
     >>> report = "Findings: A 31 mm mass in the right upper lobe. No pleural effusion.\\n\\nImpression: Lung mass."
     >>> [a.text for a in RuleExtractor().extract([report], qs)[0]][:3]
@@ -23,8 +23,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from ctvl.data.questions import QuestionSet, QuestionSpec
 from ctvl.vqa.answer import Answer, Provenance, split_sections
-from ctvl.vqa.config import QuestionSet, QuestionSpec
 from ctvl.vqa.wordfreq import normalise_text
 
 # Dots that do not end a sentence: decimals are never followed by a space; these abbreviations are.

@@ -1,15 +1,16 @@
 """Question templates: the shipped chest-CT set, per-cohort YAML sets, and LLM-proposed candidates.
 
 The paper (section 2.2, Fig. 2 right) asks six fixed questions of every report; they ship in
-``configs/vqa/questions_chest_ct.yaml`` (identical to :data:`ctvl.vqa.config.DEFAULT_QUESTIONS`) with
+``configs/vqa/questions_chest_ct.yaml`` (identical to :data:`ctvl.data.questions.DEFAULT_QUESTIONS`) with
 ids, a version, and the rule back-end's keyword patterns. Copy and edit that file per cohort and bump
 its version. As in the paper (top-100 words given to a chat LLM), :func:`propose_question_templates`
 asks an instruct LLM for candidate questions from the top words; candidates are written for clinician
 review (:func:`write_candidate_templates`), never used unreviewed.
 
+Question sets themselves (:class:`ctvl.data.questions.QuestionSet`, :func:`ctvl.data.questions.load_question_set`)
+live in :mod:`ctvl.data.questions`.
+
 Entry points:
-    load_question_set(path=None) -> QuestionSet
-    save_question_set(questions, path)
     propose_question_templates(words, generate, n=6) -> list[str]
     write_candidate_templates(candidates, path, words=()) -> Path
 
@@ -24,35 +25,11 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Optional
 
 import yaml
 
-from ctvl.vqa.config import QuestionSet
 
 logger = logging.getLogger(__name__)
-
-
-def load_question_set(path: Optional[str | Path] = None) -> QuestionSet:
-    """Read a question-set YAML; None returns the paper's six built-in questions. Errors name the file."""
-    if path is None:
-        return QuestionSet()
-    from ctvl.config import load_config
-
-    if not Path(path).is_file():
-        raise ValueError(f"question set {str(path)!r} does not exist")
-    try:
-        return load_config(QuestionSet, path)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{path}: {err}") from None
-
-
-def save_question_set(questions: QuestionSet, path: str | Path) -> Path:
-    """Write a question set as YAML (readable by :func:`load_question_set`)."""
-    from ctvl.config import save_config
-
-    save_config(questions, path)
-    return Path(path)
 
 
 _PROPOSE = (

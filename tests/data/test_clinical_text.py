@@ -8,7 +8,7 @@ import pytest
 
 from ctvl.config import load_config, save_config
 from ctvl.data.clinical_text import build_clinical_texts, load_clinical_template, render_clinical_text
-from ctvl.vqa.config import ClinicalTextConfig
+from ctvl.config import ClinicalTextConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "clinical"
 LUNG_ROW = {

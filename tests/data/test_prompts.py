@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from ctvl.config import IGNORE_INDEX
 from ctvl.data.prompts import (
-    IGNORE_INDEX,
     build_example,
     collate_examples,
     encode_prompt,

@@ -60,7 +60,7 @@ def test_nifti_folder_with_a_corrupt_file_and_duplicate_ids(cohort, cox_model, m
     (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b\x08 not really gzip")
     (folder / "notes.txt").write_text("ignored")
     out = tmp_path / "out.parquet"
-    summary = run_predict(cox_model, folder, out, workers=0, progress=False)
+    summary = run_predict(cox_model, folder, out, workers=0, progress=False, allow_missing_context=True)
     df = load_predictions(out)
     errors = load_errors(tmp_path / "errors.csv")
     assert summary.exit_code == 1 and summary.n_failed == 2 and summary.n_predicted == 3
@@ -76,7 +76,8 @@ def test_dicom_series_folders(cox_model, tmp_dicom_series, tmp_path):
     for name in ("series_a", "series_b"):
         tmp_dicom_series(rng.integers(-1000, 400, size=(24, 24, 10)), name=f"dicom/{name}")
     out = tmp_path / "dicom.csv"
-    summary = run_predict(cox_model, tmp_path / "dicom", out, workers=0, progress=False)
+    summary = run_predict(cox_model, tmp_path / "dicom", out, workers=0, progress=False,
+                          allow_missing_context=True)
     assert summary.ok and sorted(load_predictions(out)["case_id"]) == ["series_a", "series_b"]
 
 
@@ -88,7 +89,8 @@ def test_empty_folder_and_duplicate_manifest_rows(cohort, cox_model, template, t
     pd.concat([manifest, manifest.head(1)]).to_csv(path, index=False)
     clinical = manifest.drop(columns=["image"]).iloc[1:]  # the first case has no clinical data
     summary = run_predict(cox_model, path, tmp_path / "dup.csv", clinical=clinical,
-                          clinical_template=str(template), workers=0, progress=False)
+                          clinical_template=str(template), workers=0, progress=False,
+                          allow_missing_context=True)
     df = load_predictions(tmp_path / "dup.csv").set_index("case_id")
     assert summary.exit_code == 1 and summary.n_failed == 1 and summary.n_no_context == 1 and len(df) == 3
     errors = load_errors(tmp_path / "errors.csv")
@@ -148,6 +150,23 @@ def test_shards_merge_to_the_single_process_output(cohort, cox_model, manifest_p
                                single.loc[rows].drop(columns="case_id").to_numpy(float), atol=1e-6)
     np.testing.assert_allclose(np.load(tmp_path / "sharded.z_surv.npy"),
                                np.load(summary.embeddings_path)[rows], atol=1e-6)
+    assert not list(tmp_path.glob("*.parts"))  # the latents' work folders are gone after the merge
+
+
+def test_finished_run_leaves_no_work_folder_and_a_resume_keeps_its_latents(cohort, cox_model,
+                                                                          manifest_predictions, tmp_path):
+    summary, single = manifest_predictions
+    path, manifest = _subset(cohort, tmp_path, 5)
+    out = tmp_path / "pred.csv"
+    pd.read_csv(path).head(3).to_csv(tmp_path / "first.csv", index=False)
+    run_predict(cox_model, tmp_path / "first.csv", out, workers=0, progress=False, save_embeddings=True)
+    assert (tmp_path / "pred.z_surv.npy").is_file() and not list(tmp_path.glob("*.parts"))
+    again = run_predict(cox_model, path, out, workers=0, progress=False, save_embeddings=True)
+    assert again.n_skipped == 3 and again.n_predicted == 2 and not list(tmp_path.glob("*.parts"))
+    rows = single["case_id"].isin(manifest["case_id"]).to_numpy()
+    assert list(load_predictions(out)["case_id"]) == list(single.loc[rows, "case_id"])
+    np.testing.assert_allclose(np.load(again.embeddings_path), np.load(summary.embeddings_path)[rows],
+                               atol=1e-6)
 
 
 def test_deephit_writes_survival_probabilities(cohort, deephit_model, tmp_path):

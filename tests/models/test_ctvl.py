@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from ctvl.config import CTVLConfig, DecoderConfig, LoRAConfig, SurvivalConfig, VisionConfig
-from ctvl.data.prompts import IGNORE_INDEX, build_example, collate_examples
+from ctvl.config import IGNORE_INDEX, CTVLConfig, DecoderConfig, LoRAConfig, SurvivalConfig, VisionConfig
+from ctvl.data.prompts import build_example, collate_examples
 from ctvl.models.ctvl import CTVLModel, build_ctvl_model, compute_deephit_risk, compute_lm_loss, pool_hidden
 from ctvl.models.decoder import is_peft_model
 from ctvl.models.tokenizer import make_tokenizer

@@ -152,3 +152,33 @@ def test_load_tokenizer_adds_image_and_pad_when_missing(tmp_path):
     assert add_missing_tokens(tok) == 0
     with pytest.raises(ValueError, match="not a local directory"):
         load_tokenizer("meta-llama/Llama-2-7b-hf")
+
+
+class _Out:
+    def __init__(self, hidden, **cache):
+        self.last_hidden_state = hidden
+        for k, v in cache.items():
+            setattr(self, k, v)
+
+
+class _NewDecoder(torch.nn.Module):
+    """transformers >= 5.25: the argument and output field are ``cache``; ``past_key_values`` would warn."""
+
+    def forward(self, inputs_embeds=None, cache=None, use_cache=None, **kwargs):
+        assert "past_key_values" not in kwargs
+        return _Out(inputs_embeds, cache=(cache or []) + [inputs_embeds.shape[1]])
+
+
+class _OldDecoder(torch.nn.Module):
+    def forward(self, inputs_embeds=None, past_key_values=None, use_cache=None, **kwargs):
+        return _Out(inputs_embeds, past_key_values=(past_key_values or []) + [inputs_embeds.shape[1]])
+
+
+@pytest.mark.parametrize("decoder", [_NewDecoder(), _OldDecoder()], ids=["cache", "past_key_values"])
+def test_run_with_cache_passes_the_cache_under_the_installed_name(decoder):
+    from ctvl.models.decoder import run_with_cache
+
+    hidden, cache = run_with_cache(decoder, inputs_embeds=torch.zeros(1, 3, 2))
+    assert hidden.shape == (1, 3, 2) and cache == [3]
+    _, cache = run_with_cache(decoder, cache, inputs_embeds=torch.zeros(1, 2, 2))
+    assert cache == [3, 2]

@@ -10,7 +10,8 @@ from ctvl.config import SyntheticCohortConfig
 from ctvl.data.synthetic import make_cohort
 from ctvl.utils.errors import load_errors
 from ctvl.vqa.build import read_journal, run_build_vqa, run_import_review
-from ctvl.vqa.config import QuestionSet, VQAConfig
+from ctvl.data.questions import QuestionSet
+from ctvl.vqa.config import VQAConfig
 from ctvl.vqa.evaluate import evaluate_extraction
 from ctvl.vqa.extract_rules import RuleExtractor
 

@@ -8,7 +8,7 @@ import pytest
 from ctvl.config import SyntheticCohortConfig
 from ctvl.data.synthetic import make_cohort
 from ctvl.vqa.answer import compose_report
-from ctvl.vqa.config import QuestionSet
+from ctvl.data.questions import QuestionSet
 from ctvl.vqa.evaluate import QUESTION_SLOTS, evaluate_extraction, parse_answer, sizes_mm
 from ctvl.vqa.extract_rules import RuleExtractor
 

@@ -6,7 +6,8 @@ import logging
 import pytest
 
 from ctvl.vqa.answer import compose_report
-from ctvl.vqa.config import QuestionSet, VQAConfig
+from ctvl.data.questions import QuestionSet
+from ctvl.vqa.config import VQAConfig
 from ctvl.vqa.extract_llm import build_llm_extractor, load_llm_extractor, parse_llm_output
 from ctvl.vqa.extract_rules import RuleExtractor
 

@@ -3,7 +3,7 @@
 import pytest
 
 from ctvl.vqa.answer import AnswerExtractor, compose_report, normalise_answer, split_sections
-from ctvl.vqa.config import QuestionSet
+from ctvl.data.questions import QuestionSet
 from ctvl.vqa.extract_rules import RuleExtractor, split_sentences
 
 QS = QuestionSet()

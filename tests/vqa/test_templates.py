@@ -5,13 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ctvl.vqa.config import QuestionSet, QuestionSpec
-from ctvl.vqa.templates import (
-    load_question_set,
-    propose_question_templates,
-    save_question_set,
-    write_candidate_templates,
-)
+from ctvl.data.questions import QuestionSet, QuestionSpec, load_question_set, save_question_set
+from ctvl.vqa.templates import propose_question_templates, write_candidate_templates
 
 SHIPPED = Path(__file__).resolve().parents[2] / "configs" / "vqa" / "questions_chest_ct.yaml"
 PAPER = [

@@ -113,12 +113,12 @@ def _pretrain_encoder(args: Namespace) -> int:
 
 def _encode(args: Namespace) -> int:
     from ctvl.infer.encode import run_encode
-    from ctvl.models.vision3d import load_merlin_image_encoder
+    from ctvl.models.vision3d import build_image_encoder
 
     vision = _as(VisionConfig, args.vision)
     if not vision.checkpoint:
         raise SystemExit("--vision.checkpoint is required: features of a random encoder are meaningless")
-    encoder = load_merlin_image_encoder(vision.checkpoint, vision)
+    encoder = build_image_encoder(vision)
     summary = run_encode(encoder, args.cache, args.out, batch_size=args.batch_size)
     return 1 if summary.n_failed else 0
 

@@ -88,7 +88,7 @@ def prepare_demo_data(out: Path, cohort: SyntheticCohortConfig, preprocess: Prep
     from ctvl.data.preprocess import run_preprocess
     from ctvl.data.synthetic_files import write_cohort
     from ctvl.infer.encode import run_encode
-    from ctvl.models.vision3d import load_merlin_image_encoder
+    from ctvl.models.vision3d import build_image_encoder
     from ctvl.vqa.build import run_build_vqa
     from ctvl.vqa.config import VQAConfig
     from ctvl.vqa.evaluate import run_evaluate_vqa
@@ -107,7 +107,7 @@ def prepare_demo_data(out: Path, cohort: SyntheticCohortConfig, preprocess: Prep
     if not ckpt.exists():
         pretrain_demo_encoder(vision, out / "cache" / "images", cohort_dir / "findings.csv", ckpt,
                               epochs=encoder_epochs, progress=progress)
-    encoder = load_merlin_image_encoder(ckpt, replace(vision, checkpoint=str(ckpt)))
+    encoder = build_image_encoder(replace(vision, checkpoint=str(ckpt)))
     run_encode(encoder, out / "cache" / "images", out / "cache" / "features", batch_size=8, progress=progress)
     vqa_cfg = VQAConfig(clinical_template=str(CONFIGS / "clinical" / "synthetic.yaml"))
     run_build_vqa(manifest, out / "vqa", vqa_cfg, progress=progress)

@@ -68,7 +68,7 @@ def build(size: str, lora_r: int, checkpointing: bool, device: torch.device, lor
     from ctvl.models.decoder import apply_lora, build_tiny_decoder, compile_layers, enable_checkpointing
     from ctvl.models.projector import build_projector
     from ctvl.models.tokenizer import make_tokenizer
-    from ctvl.models.vision3d import build_image_encoder
+    from ctvl.models.vision3d import random_image_encoder
 
     spec = SIZES[size]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -82,7 +82,7 @@ def build(size: str, lora_r: int, checkpointing: bool, device: torch.device, lor
         previous = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
         try:
-            vision = build_image_encoder(cfg.vision)
+            vision = random_image_encoder(cfg.vision)
             decoder = build_tiny_decoder(decoder_cfg, spec["vocab"])
         finally:
             torch.set_default_dtype(previous)

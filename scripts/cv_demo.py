@@ -73,7 +73,7 @@ def run_fold(run: Path, out: Path, manifest: pd.DataFrame, encoder: Path | None,
     from ctvl.config import RunConfig, load_config
     from ctvl.demo import CONFIGS, DemoData, clinical_cox_c_index, pretrain_demo_encoder, train_stages
     from ctvl.infer.encode import run_encode
-    from ctvl.models.vision3d import load_merlin_image_encoder
+    from ctvl.models.vision3d import build_image_encoder
 
     stage1 = load_config(RunConfig, CONFIGS / "train" / "stage1_tiny.yaml")
     stage2 = load_config(RunConfig, stage2_config or CONFIGS / "train" / "stage2_tiny.yaml")
@@ -91,7 +91,7 @@ def run_fold(run: Path, out: Path, manifest: pd.DataFrame, encoder: Path | None,
             findings = read_table(run / "cohort" / "findings.csv", "findings table").drop(columns="split")
             labels = findings.merge(manifest[["case_id", "split"]], on="case_id")
             pretrain_demo_encoder(vision, images, labels, encoder, epochs=encoder_epochs, progress=False)
-    module = load_merlin_image_encoder(encoder, replace(vision, checkpoint=str(encoder)))
+    module = build_image_encoder(replace(vision, checkpoint=str(encoder)))
     run_encode(module, images, out / "features", batch_size=8, progress=False)
     data = DemoData(out, out / "manifest.csv", run / "cohort" / "findings.csv", images, out / "features",
                     run / "vqa" / "vqa_llava.jsonl", encoder, vqa_accuracy=float("nan"))

@@ -68,7 +68,7 @@ from ctvl.config import CTVLConfig, load_config  # noqa: E402
 from ctvl.models.ctvl import SurvivalBranch, build_ctvl_model  # noqa: E402
 from ctvl.models.decoder import apply_lora  # noqa: E402
 from ctvl.models.projector import build_projector, num_image_tokens  # noqa: E402
-from ctvl.models.vision3d import build_image_encoder, compute_feature_shape  # noqa: E402
+from ctvl.models.vision3d import random_image_encoder, compute_feature_shape  # noqa: E402
 
 GiB = 2**30
 LLAMA2_7B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, intermediate_size=11008,
@@ -93,7 +93,7 @@ def build_real_parts(cfg: CTVLConfig, added_tokens: int = 2) -> dict[str, nn.Mod
 
     llama = dict(LLAMA2_7B, vocab_size=LLAMA2_7B["vocab_size"] + added_tokens)
     with torch.device("meta"):
-        vision = build_image_encoder(cfg.vision)
+        vision = random_image_encoder(cfg.vision)
         decoder = LlamaForCausalLM(LlamaConfig(**llama, num_key_value_heads=32, tie_word_embeddings=False))
         decoder = apply_lora(decoder, cfg.lora)
         projector = build_projector(cfg.projector, vision.out_channels, llama["hidden_size"])
@@ -348,7 +348,7 @@ def measure_cuda(cfg: CTVLConfig, args, acts: dict[str, float]) -> list[str]:
         model.zero_grad(set_to_none=True)
     del model, llama
     torch.cuda.empty_cache()
-    vision = build_image_encoder(cfg.vision).to(dev, torch.bfloat16).eval()
+    vision = random_image_encoder(cfg.vision).to(dev, torch.bfloat16).eval()
     image = torch.rand(b, 1, *args.roi, device=dev, dtype=torch.bfloat16)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()

@@ -155,13 +155,11 @@ def _generate_kwargs(max_new_tokens: int, do_sample: bool, temperature: float, t
 
 
 def _answer_batch(run, items, contexts, questions, gen_kwargs) -> list[dict]:
-    from ctvl.models.projector import num_image_tokens
-
     model = run.model
     image = torch.from_numpy(np.stack([it["image"] for it in items])).to(run.device)
     with torch.no_grad():
         feats = model.vision(image.to(model.vision.conv1.weight.dtype))  # (B, C, x', y', z')
-    n_img = num_image_tokens(model.cfg.projector, feats.shape)
+    n_img = model.num_image_tokens(feats.shape)
     ctx = [contexts.get(it["case_id"]) for it in items]
     texts = [q for _, q in questions]
     risk = score_questions(model, texts, ctx, image_features=feats, num_image_tokens=n_img).risk.cpu().numpy()

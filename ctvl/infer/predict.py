@@ -241,16 +241,13 @@ def survival_at(curve: np.ndarray, cuts: np.ndarray, horizons: Sequence[float]) 
 def _predict_batch(run: ModelRun, items: list[dict], contexts: dict, questions, horizons,
                    shared_prefix: bool):
     """Rows and mean latents ``(B, D)`` for a batch of loaded volumes."""
-    from ctvl.models.projector import num_image_tokens
-
     model = run.model
     image = torch.from_numpy(np.stack([it["image"] for it in items])).to(run.device)  # (B, 1, x, y, z)
     with torch.no_grad():
         feats = model.vision(image.to(model.vision.conv1.weight.dtype))  # (B, C, x', y', z')
     ctx = [contexts.get(it["case_id"]) for it in items]
     scores = score_questions(model, [q for _, q in questions], ctx, image_features=feats,
-                             shared_prefix=shared_prefix,
-                             num_image_tokens=num_image_tokens(model.cfg.projector, feats.shape))
+                             shared_prefix=shared_prefix)
     risk = scores.risk.cpu().numpy().astype(np.float64)  # (B, Q)
     surv = None
     if scores.surv is not None and run.cuts is not None and horizons:

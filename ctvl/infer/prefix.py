@@ -34,9 +34,8 @@ from typing import Optional, Sequence
 import torch
 
 from ctvl.data.prompts import build_example, collate_examples, encode_prompt
-from ctvl.models.ctvl import CTVLModel, compute_deephit_risk
+from ctvl.models.ctvl import CTVLModel
 from ctvl.models.decoder import base_model, run_with_cache
-from ctvl.survival.heads import pmf_from_logits, survival_from_logits
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +112,8 @@ def split_shared_prefix(prompts: Sequence[Sequence[int]]) -> tuple[list[int], li
 
 @torch.no_grad()
 def score_questions(
-    model: CTVLModel, questions: Sequence[str], contexts: Sequence[Optional[str]], *, num_image_tokens: int,
+    model: CTVLModel, questions: Sequence[str], contexts: Sequence[Optional[str]], *,
+    num_image_tokens: Optional[int] = None,
     image: Optional[torch.Tensor] = None, image_features: Optional[torch.Tensor] = None,
     shared_prefix: bool = True,
 ) -> QuestionScores:
@@ -123,7 +123,7 @@ def score_questions(
         model: an eval-mode :class:`~ctvl.models.ctvl.CTVLModel` (peft-wrapped decoder or not).
         questions: the Q question texts (the same for every case).
         contexts: B clinical-context sentences (None or "" = no context line).
-        num_image_tokens: image-token copies per prompt (the encoder grid pooled by the projector).
+        num_image_tokens: image-token copies per prompt; None = the model's count for these features.
         image (torch.Tensor, float): ``(B, 1, x, y, z)`` preprocessed volumes; encoded once.
         image_features (torch.Tensor, float): instead of ``image``, encoder maps ``(B, C, x, y, z)`` or
             pooled tokens ``(B, N, C)``.
@@ -140,6 +140,8 @@ def score_questions(
         if image is None:
             raise ValueError("score_questions needs `image` or `image_features`")
         image_features = model.vision(image.to(model.vision.conv1.weight.dtype))  # (B, C, x, y, z)
+    if num_image_tokens is None:
+        num_image_tokens = model.num_image_tokens(image_features.shape)
     if len(contexts) != image_features.shape[0]:
         raise ValueError(f"{len(contexts)} contexts for {image_features.shape[0]} images")
     if shared_prefix and model.cfg.survival.pooling not in SHARED_POOLINGS:
@@ -165,19 +167,10 @@ def _pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tens
     return ids.to(device), mask.to(device), lengths.to(device)
 
 
-def _survival(model: CTVLModel, h: torch.Tensor) -> tuple:
-    """Pooled states ``(R, D)`` -> ``(risk (R,), z_surv (R, D), pmf, surv)``, as ``CTVLModel.forward``."""
-    z_surv, head_out = model.survival(h.to(next(model.survival.parameters()).dtype))
-    z_surv, head_out = z_surv.float(), head_out.float()
-    if model.cfg.survival.head == "cox":
-        return head_out, z_surv, None, None
-    pmf = pmf_from_logits(head_out)  # (R, K)
-    return compute_deephit_risk(pmf), z_surv, pmf, survival_from_logits(head_out)
-
-
-def _scores(parts: tuple, b: int, q: int) -> QuestionScores:
-    """``(R = B*Q, ...)`` rows in case-major order -> :class:`QuestionScores` ``(B, Q, ...)``."""
-    risk, z, pmf, surv = (None if t is None else t.reshape(b, q, *t.shape[1:]) for t in parts)
+def _scores(out, b: int, q: int) -> QuestionScores:
+    """Survival outputs of ``R = B*Q`` rows in case-major order -> :class:`QuestionScores` ``(B, Q, ...)``."""
+    risk, z, pmf, surv = (None if t is None else t.reshape(b, q, *t.shape[1:])
+                          for t in (out.risk, out.z_surv, out.pmf, out.surv))
     return QuestionScores(risk=risk, z_surv=z, pmf=pmf, surv=surv)
 
 
@@ -187,14 +180,9 @@ def _score_shared(model: CTVLModel, questions, contexts, image_features, n_img: 
     prefixes, suffixes = encode_prompt_parts(tok, questions, contexts, n_img, model.cfg.image_token)
     if any(i == model.image_token_id for s in suffixes for i in s):
         raise ValueError("image tokens after the shared prefix: the questions differ before the image")
-    feats = model.get_image_features(image_features=image_features)  # (B, N, D)
     p_ids, p_mask, p_len = _pad(prefixes, tok.pad_token_id, device)
-    image_mask = p_ids == model.image_token_id  # (B, Lp)
-    if int(image_mask.sum()) != feats.shape[0] * feats.shape[1]:
-        n_feat = feats.shape[0] * feats.shape[1]
-        raise ValueError(f"image tokens {int(image_mask.sum())} != image features {n_feat}")
+    p_emb = model.embed_inputs(p_ids, image_features=image_features)  # (B, Lp, D), image tokens filled
     embed = model.decoder.get_input_embeddings()
-    p_emb = embed(p_ids).masked_scatter(image_mask.unsqueeze(-1), feats.to(embed.weight.dtype))  # (B, Lp, D)
     decoder = base_model(model.decoder).get_decoder()  # the transformer without lm_head; LoRA layers inside
     _, cache = run_with_cache(decoder, inputs_embeds=p_emb, attention_mask=p_mask)
     cache.batch_repeat_interleave(q)  # (B, H, Lp, d) -> (B*Q, H, Lp, d), case-major
@@ -205,7 +193,7 @@ def _score_shared(model: CTVLModel, questions, contexts, image_features, n_img: 
     hidden, _ = run_with_cache(decoder, cache, inputs_embeds=embed(s_ids), attention_mask=mask,
                                position_ids=positions)  # (B*Q, Ls, D)
     h = hidden[torch.arange(b * q, device=device), s_len - 1]  # (B*Q, D): each question's last prompt token
-    return _scores(_survival(model, h), b, q)
+    return _scores(model.survival_outputs(h)[0], b, q)
 
 
 def _score_full(model: CTVLModel, questions, contexts, image_features, n_img: int) -> QuestionScores:
@@ -218,14 +206,8 @@ def _score_full(model: CTVLModel, questions, contexts, image_features, n_img: in
         batch = collate_examples(examples, tok.pad_token_id)
         out = model(input_ids=batch["input_ids"].to(device),
                     attention_mask=batch["attention_mask"].to(device), image_features=image_features)
-        surv = None if out.pmf is None else _survival_from_pmf(out.pmf)
-        per_question.append((out.risk.float(), out.z_surv, out.pmf, surv))
+        per_question.append((out.risk.float(), out.z_surv, out.pmf, out.surv))
     stacked = [None if parts[0] is None else torch.stack(parts, dim=1) for parts in zip(*per_question)]
     return QuestionScores(*stacked)
 
 
-def _survival_from_pmf(pmf: torch.Tensor) -> torch.Tensor:
-    """Survival at the cuts from a pmf ``(R, K)``; rows sum to < 1 (the rest lies beyond the last cut)."""
-    beyond = (1.0 - pmf.sum(dim=1, keepdim=True)).clamp(min=0.0)
-    tail = pmf.flip(1).cumsum(1).flip(1)  # sum_{l >= k} p_l
-    return torch.cat([tail[:, 1:], torch.zeros_like(tail[:, :1])], dim=1) + beyond

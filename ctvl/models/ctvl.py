@@ -58,11 +58,11 @@ from ctvl.models.decoder import (
     merge_lora,
     resize_embeddings,
 )
-from ctvl.models.projector import build_projector, pool_visual_tokens
+from ctvl.models.projector import build_projector, num_image_tokens, pool_visual_tokens
 from ctvl.models.tokenizer import add_missing_tokens, load_tokenizer
-from ctvl.models.vision3d import MerlinImageEncoder, build_image_encoder, load_merlin_image_encoder
+from ctvl.models.vision3d import MerlinImageEncoder, build_image_encoder, random_image_encoder
 from ctvl.survival.distributed import gather_survival_batch
-from ctvl.survival.heads import ResidualAdapter, build_survival_head, pmf_from_logits
+from ctvl.survival.heads import ResidualAdapter, build_survival_head, pmf_from_logits, survival_from_logits
 from ctvl.survival.losses import (
     alignment_loss,
     deephit_loss,
@@ -105,6 +105,7 @@ class CTVLOutput:
     risk: torch.Tensor | None = None
     log_hz: torch.Tensor | None = None
     pmf: torch.Tensor | None = None
+    surv: torch.Tensor | None = None
     z_surv: torch.Tensor | None = None
     hidden: torch.Tensor | None = None
 
@@ -305,14 +306,8 @@ class CTVLModel(nn.Module):
         )
         hidden = out.hidden_states[-1]  # (B, L, D), after the final norm
         h = pool_hidden(hidden, attention_mask, labels, self.cfg.survival.pooling)  # (B, L, D) -> (B, D)
-        z_surv, head_out = self.survival(h.to(next(self.survival.parameters()).dtype))
-        z_surv, head_out = z_surv.float(), head_out.float()  # survival losses and risks in float32
-        res = CTVLOutput(logits=out.logits, z_surv=z_surv, hidden=hidden)
-        if self.cfg.survival.head == "cox":
-            res.log_hz = res.risk = head_out  # (B,)
-        else:
-            res.pmf = pmf_from_logits(head_out)  # (B, K)
-            res.risk = compute_deephit_risk(res.pmf)
+        res, head_out = self.survival_outputs(h)
+        res.logits, res.hidden = out.logits, hidden
         if labels is not None:
             res.lm_loss = compute_lm_loss(out.logits, labels)
         if event is not None:
@@ -345,6 +340,31 @@ class CTVLModel(nn.Module):
             res.disp_loss = dispersion_loss_discrete(res.z_surv, event, bin_index, tau=s.dispersion_tau)
         z_pooled = pool_hidden(hidden, attention_mask, None, "mean_all").float()  # (B, D)
         res.align_loss = alignment_loss(res.z_surv, z_pooled)
+
+    def survival_outputs(self, h: torch.Tensor) -> tuple[CTVLOutput, torch.Tensor]:
+        """The survival branch on pooled hidden states, as ``forward`` and the shared-prefix path read it.
+
+        Args:
+            h (torch.Tensor, float): ``(R, D)`` pooled decoder states (``SurvivalConfig.pooling``).
+
+        Returns:
+            (CTVLOutput with ``z_surv`` (R, D), ``risk`` (R,) and ``log_hz`` (R,) for Cox or ``pmf`` /
+            ``surv`` (R, K) for DeepHit, all float32; the head's raw output (R,) or (R, K)).
+        """
+        z_surv, head_out = self.survival(h.to(next(self.survival.parameters()).dtype))
+        z_surv, head_out = z_surv.float(), head_out.float()  # survival losses and risks in float32
+        res = CTVLOutput(z_surv=z_surv)
+        if self.cfg.survival.head == "cox":
+            res.log_hz = res.risk = head_out  # (R,)
+        else:
+            res.pmf = pmf_from_logits(head_out)  # (R, K)
+            res.surv = survival_from_logits(head_out)  # (R, K): S at the cuts
+            res.risk = compute_deephit_risk(res.pmf)
+        return res, head_out
+
+    def num_image_tokens(self, feature_shape: tuple[int, ...]) -> int:
+        """Image tokens per prompt for encoder features of ``feature_shape`` (``(B, C, x, y, z)`` or the grid)."""
+        return num_image_tokens(self.cfg.projector, feature_shape)
 
     # -------------------------------------------------------------- generation
     @torch.no_grad()
@@ -449,13 +469,13 @@ def _strip_lora(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _load_vision(cfg: CTVLConfig, d: Path, manifest: dict, vision_checkpoint) -> MerlinImageEncoder:
     if manifest["vision"]:
-        vision = build_image_encoder(cfg.vision)
+        vision = random_image_encoder(cfg.vision)
         vision.load_state_dict(load_file(d / manifest["vision"]))
         return vision
     path = vision_checkpoint or cfg.vision.checkpoint
     if path is None:
         raise ValueError(f"{d}: encoder weights were not saved and no Merlin checkpoint is configured")
-    return load_merlin_image_encoder(path, cfg.vision)
+    return build_image_encoder(replace(cfg.vision, checkpoint=str(path)))
 
 
 def build_ctvl_model(cfg: CTVLConfig, tokenizer=None) -> CTVLModel:
@@ -479,10 +499,7 @@ def build_ctvl_model(cfg: CTVLConfig, tokenizer=None) -> CTVLModel:
             )
         tokenizer = load_tokenizer(source, cfg.image_token, cfg.decoder.trust_remote_code)
     add_missing_tokens(tokenizer, cfg.image_token)
-    if cfg.vision.checkpoint:
-        vision = load_merlin_image_encoder(cfg.vision.checkpoint, cfg.vision)
-    else:
-        vision = build_image_encoder(cfg.vision)
+    vision = build_image_encoder(cfg.vision)
     decoder = load_decoder(cfg.decoder, vocab_size=len(tokenizer))
     return assemble_model(cfg, vision, decoder, tokenizer)
 

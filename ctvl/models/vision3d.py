@@ -152,16 +152,24 @@ class MerlinImageEncoder(nn.Module):
         return x.permute(0, 1, 3, 4, 2)  # (B, C, z', x', y') -> (B, C, x', y', z')
 
 
-def build_image_encoder(cfg: VisionConfig) -> MerlinImageEncoder:
-    """Random-init encoder from a config; a frozen one has ``requires_grad=False`` and stays in eval.
-
-    Use :func:`load_merlin_image_encoder` to load weights (``cfg.checkpoint`` is not read here).
-    """
+def random_image_encoder(cfg: VisionConfig) -> MerlinImageEncoder:
+    """Random-init encoder of ``cfg``'s shape (``cfg.checkpoint`` is not read); a frozen one has
+    ``requires_grad=False`` and stays in eval. For weights loaded into it afterwards, or none at all."""
     enc = MerlinImageEncoder(cfg.layers, cfg.base_width, cfg.frozen, cfg.gradient_checkpointing)
     if cfg.frozen:
         enc.requires_grad_(False)
         enc.eval()
     return enc
+
+
+def build_image_encoder(cfg: VisionConfig) -> MerlinImageEncoder:
+    """The encoder of a config: ``cfg.checkpoint`` (a Merlin ``.pt``) loaded strictly when set, else random.
+
+    The one place that decides between the two (see :func:`load_merlin_image_encoder` for the loading).
+    """
+    if cfg.checkpoint:
+        return load_merlin_image_encoder(cfg.checkpoint, cfg)
+    return random_image_encoder(cfg)
 
 
 def compute_feature_shape(roi_size: tuple[int, int, int], num_stages: int = 4) -> tuple[int, int, int]:
@@ -235,7 +243,8 @@ def load_merlin_image_encoder(path: str | Path, cfg: VisionConfig = VisionConfig
 
     Args:
         path: the Merlin ``.pt`` file (e.g. ``i3_resnet_clinical_longformer_best_clip_*.pt``).
-        cfg: encoder shape and frozen/checkpointing flags (``cfg.checkpoint`` is ignored here).
+        cfg: encoder shape and frozen/checkpointing flags (``cfg.checkpoint`` is ignored: ``path`` is read;
+            :func:`build_image_encoder` reads ``cfg.checkpoint``).
 
     Returns:
         MerlinImageEncoder: loaded, frozen and in eval mode when ``cfg.frozen``.
@@ -246,7 +255,7 @@ def load_merlin_image_encoder(path: str | Path, cfg: VisionConfig = VisionConfig
     """
     path = Path(path)
     state = _extract_image_keys(_read_state_dict(path), path)
-    model = build_image_encoder(cfg)
+    model = random_image_encoder(cfg)
     _check_compatible(model, state, path)
     model.load_state_dict(state, strict=True)
     return model

@@ -150,11 +150,11 @@ class ContrastiveModel(nn.Module):
 
 def build_contrastive_model(cfg: RunConfig) -> ContrastiveModel:
     """Trainable encoder (from ``model.vision.checkpoint`` when set, else random) + the text tower of the config."""
-    from ctvl.models.vision3d import build_image_encoder, load_merlin_image_encoder
+    from ctvl.models.vision3d import build_image_encoder
 
     vision = replace(cfg.model.vision, frozen=False)  # this stage exists to train the encoder
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    image = load_merlin_image_encoder(vision.checkpoint, vision) if vision.checkpoint else build_image_encoder(vision)
+    image = build_image_encoder(vision)
     text, tokenizer = load_text_tower(cfg.contrastive.text_encoder)
     return ContrastiveModel(image, text, tokenizer, cfg.contrastive, replace(vision, checkpoint=None)).train()
 

@@ -191,7 +191,7 @@ def run_pretrain_encoder(labels: str | Path | pd.DataFrame, image_cache: str | P
     """
     from ctvl.data.preprocess import load_cache_index, load_cached
     from ctvl.data.tables import read_table
-    from ctvl.models.vision3d import build_image_encoder, load_merlin_image_encoder
+    from ctvl.models.vision3d import build_image_encoder
 
     table = labels if isinstance(labels, pd.DataFrame) else read_table(labels, "label table")
     if "case_id" not in table.columns:
@@ -211,8 +211,7 @@ def run_pretrain_encoder(labels: str | Path | pd.DataFrame, image_cache: str | P
         raise ValueError(f"no labelled case of split {split!r} is in {image_cache}")
     torch.manual_seed(seed)
     trainable = replace(vision, frozen=False)
-    encoder = (load_merlin_image_encoder(vision.checkpoint, trainable) if vision.checkpoint
-               else build_image_encoder(trainable))
+    encoder = build_image_encoder(trainable)
     history = pretrain_encoder(encoder, lambda c: load_cached(image_cache, c), table, epochs=epochs,
                                batch_size=batch_size, lr=lr, holdout=holdout, seed=seed, device=device,
                                progress=progress)

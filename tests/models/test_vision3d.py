@@ -81,6 +81,21 @@ def test_merlin_checkpoint_loads(tmp_path, wrapped):
         assert enc(torch.rand(1, 1, 32, 32, 32)).shape == (1, 256, 1, 1, 2)
 
 
+def test_build_image_encoder_loads_the_configured_checkpoint(tmp_path):
+    import dataclasses
+
+    import ctvl.models
+
+    state = merlin_state_dict(seed=3)
+    torch.save(state, tmp_path / "merlin.pt")
+    enc = ctvl.models.build_image_encoder(dataclasses.replace(TINY, checkpoint=str(tmp_path / "merlin.pt")))
+    assert all(torch.equal(v, state[MERLIN_IMAGE_PREFIX + k]) for k, v in enc.state_dict().items())
+    torch.manual_seed(4)
+    random = build_image_encoder(TINY)  # no checkpoint: random init, not the weights above
+    assert not torch.equal(random.conv1.weight, enc.conv1.weight)
+    assert ctvl.models.load_merlin_image_encoder is load_merlin_image_encoder
+
+
 def test_checkpoint_problems_reported_by_name(tmp_path):
     state = merlin_state_dict()
     state[MERLIN_IMAGE_PREFIX + "layer2.0.conv2.weight"] = torch.randn(16, 16, 3, 3)  # 2D leftover

@@ -86,6 +86,8 @@ class CTRateConfig:
     release: Literal["fixed", "original"] = "fixed"
     """"fixed": volumes already in HU with correct headers (never rescaled again);
     "original": apply RescaleSlope/Intercept and XYSpacing/ZSpacing from the metadata CSV."""
+    keep_non_chest: bool = False
+    """Keep the non-chest volumes listed in ``metadata/no_chest_{train,valid}.txt`` (dropped by default)."""
 
 
 @dataclass(frozen=True)

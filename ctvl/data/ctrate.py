@@ -8,10 +8,13 @@ Layout read (``root`` = the CT-RATE folder; its ``dataset/`` folder or a split f
     metadata/{train,validation}_metadata.csv
         VolumeName, XYSpacing ("[0.75, 0.75]"), ZSpacing, RescaleSlope, RescaleIntercept,
         PatientAge ("036Y"), PatientSex
+    metadata/no_chest_{train,valid}.txt
+        one volume name a line (".nii.gz" optional): volumes that are not chest CTs, dropped unless
+        ``CTRateConfig.keep_non_chest``; older downloads without the file keep every volume
     multi_abnormality_labels/{train,valid}_predicted_labels.csv
         VolumeName + one 0/1 column per abnormality
 
-The CSV folders are looked up in ``root``, ``root/dataset`` and the two folders above ``root``.
+The CSV and list folders are looked up in ``root``, ``root/dataset`` and the two folders above ``root``.
 
 Releases (``CTRateConfig.release``): "fixed" volumes are in HU with correct headers and are read as they
 are; "original" volumes hold stored values and need RescaleSlope/Intercept and XYSpacing/ZSpacing from
@@ -61,6 +64,8 @@ def load_ctrate(cfg: CTRateConfig) -> pd.DataFrame:
     (findings and impressions), ``age`` (years), ``sex``, the four ``*_EN`` report sections, the metadata
     columns ``XYSpacing, ZSpacing, RescaleSlope, RescaleIntercept`` and one column per abnormality label
     (their names in ``df.attrs["label_columns"]``). Missing reports/labels give empty cells and a warning.
+    Volumes in CT-RATE's non-chest list are dropped unless ``cfg.keep_non_chest``; their number is in
+    ``df.attrs["n_non_chest"]`` and the log line.
 
     Raises:
         ValueError: no volume folder for the split; with ``release="original"``, no metadata file.
@@ -70,7 +75,8 @@ def load_ctrate(cfg: CTRateConfig) -> pd.DataFrame:
     split_dir = find_split_dir(cfg.root, cfg.split, cfg.release)
     files = sorted(p for p in split_dir.rglob("*.nii*") if _NAME_RE.match(p.name))
     df = pd.DataFrame({"volume_name": [p.name for p in files], "image": [str(p.absolute()) for p in files]})
-    df.insert(0, "case_id", [re.sub(r"\.nii(\.gz)?$", "", n) for n in df["volume_name"]])
+    df.insert(0, "case_id", [_strip_suffix(n) for n in df["volume_name"]])
+    df, n_non_chest = _drop_non_chest(df, cfg)
     df["split"] = cfg.split
     df["patient"] = [n.rsplit("_", 2)[0] for n in df["case_id"]]
     df = df.merge(_read_reports(cfg), on="volume_name", how="left")
@@ -81,7 +87,12 @@ def load_ctrate(cfg: CTRateConfig) -> pd.DataFrame:
     front = ["case_id", "image", "split", "volume_name", "patient", "report", "age", "sex"]
     df = df[front + [c for c in df.columns if c not in front]]
     df.attrs["label_columns"] = [c for c in labels.columns if c != "volume_name"]
-    logger.info("CT-RATE %s (%s release): %d volumes under %s", cfg.split, cfg.release, len(df), split_dir)
+    df.attrs["n_non_chest"] = n_non_chest
+    logger.info(
+        "CT-RATE %s (%s release): %d volumes under %s; %s", cfg.split, cfg.release, len(df), split_dir,
+        "non-chest volumes kept (keep_non_chest)" if cfg.keep_non_chest
+        else f"{n_non_chest} non-chest volume(s) dropped",
+    )
     return df
 
 
@@ -204,6 +215,31 @@ def _read_labels(cfg: CTRateConfig) -> pd.DataFrame:
         logger.warning("%s: no multi_abnormality_labels/%s_predicted_labels.csv; no labels", cfg.root, folder)
         return pd.DataFrame(columns=["volume_name"])
     return _read_csv(path, ["VolumeName"]).rename(columns={"VolumeName": "volume_name"})
+
+
+def _drop_non_chest(df: pd.DataFrame, cfg: CTRateConfig) -> tuple[pd.DataFrame, int]:
+    """``df`` without the volumes CT-RATE lists as not chest CTs, and how many were dropped."""
+    if cfg.keep_non_chest:
+        return df, 0
+    listed = _read_non_chest(cfg)
+    drop = df["case_id"].isin(listed)
+    return df[~drop].reset_index(drop=True), int(drop.sum())
+
+
+def _read_non_chest(cfg: CTRateConfig) -> set[str]:
+    """Case ids in ``metadata/no_chest_{train,valid}.txt`` (blank lines and whitespace ignored)."""
+    filename = f"no_chest_{SPLIT_FOLDER[cfg.split]}.txt"
+    path = _find_csv(cfg.root, "metadata", filename)
+    if path is None:
+        logger.warning("%s: no metadata/%s; no volume dropped as non-chest", cfg.root, filename)
+        return set()
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    return {_strip_suffix(line.strip()) for line in lines if line.strip()}
+
+
+def _strip_suffix(volume_name: str) -> str:
+    """"train_1_a_1.nii.gz" (or ".nii", or none) -> "train_1_a_1"."""
+    return re.sub(r"\.nii(\.gz)?$", "", volume_name)
 
 
 def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:

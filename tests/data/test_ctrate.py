@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,9 +16,11 @@ SHAPE = (10, 8, 6)
 SPACING = (0.75, 0.75, 1.5)
 LABELS = ["Medical material", "Cardiomegaly", "Lung nodule"]
 VOLUMES = {
-    "train": ["train_1_a_1.nii.gz", "train_1_a_2.nii.gz", "train_2_a_1.nii.gz"],
-    "validation": ["valid_1_a_1.nii.gz"],
+    "train": ["train_1_a_1.nii.gz", "train_1_a_2.nii.gz", "train_2_a_1.nii.gz", "train_3_a_1.nii.gz"],
+    "validation": ["valid_1_a_1.nii.gz", "valid_2_a_1.nii.gz"],
 }
+NON_CHEST = {"train": "train_3_a_1", "validation": "valid_2_a_1"}
+"""The volume of each split that CT-RATE's ``metadata/no_chest_{train,valid}.txt`` lists."""
 
 
 def _hu(name: str) -> np.ndarray:
@@ -27,7 +31,8 @@ def _hu(name: str) -> np.ndarray:
 @pytest.fixture
 def ctrate_root(tmp_path, tmp_nifti):
     """CT-RATE layout: original volumes (stored = HU + 1024, unit pixdim) under dataset/{train,valid},
-    fixed volumes (HU, true spacing) under dataset/{train,valid}_fixed, and the four CSV families."""
+    fixed volumes (HU, true spacing) under dataset/{train,valid}_fixed, the four CSV families and the
+    non-chest lists (one with the ``.nii.gz`` suffix, one without, padded by whitespace and blank lines)."""
     root = tmp_path / "CT-RATE"
     fixed_affine = np.diag([*SPACING, 1.0])
     for split, names in VOLUMES.items():
@@ -49,6 +54,8 @@ def ctrate_root(tmp_path, tmp_nifti):
               "PatientSex"])
         _csv(root / "multi_abnormality_labels" / f"{folder}_predicted_labels.csv", labels,
              ["VolumeName", *LABELS])
+    (root / "metadata" / "no_chest_train.txt").write_text(f"{NON_CHEST['train']}.nii.gz\n")
+    (root / "metadata" / "no_chest_valid.txt").write_text(f"\n  {NON_CHEST['validation']}  \r\n\n")
     return root
 
 
@@ -141,3 +148,47 @@ def test_loaded_volume_equals_plain_load_volume(ctrate_root):
     cfg = CTRateConfig(root=str(ctrate_root), split="train")
     row = load_ctrate(cfg).iloc[1]
     np.testing.assert_array_equal(load_ctrate_volume(row, cfg).array, load_volume(row["image"]).array)
+
+
+@pytest.mark.parametrize("release", ["fixed", "original"])
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_non_chest_volumes_are_dropped_and_counted(ctrate_root, caplog, split, release):
+    caplog.set_level(logging.INFO, logger="ctvl.data.ctrate")
+    df = load_ctrate(CTRateConfig(root=str(ctrate_root), split=split, release=release))
+    assert NON_CHEST[split] not in set(df["case_id"])
+    assert len(df) == len(VOLUMES[split]) - 1
+    assert df.attrs["n_non_chest"] == 1
+    assert "1 non-chest volume(s) dropped" in caplog.text
+
+
+@pytest.mark.parametrize("release", ["fixed", "original"])
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_keep_non_chest_keeps_listed_volumes(ctrate_root, split, release):
+    cfg = CTRateConfig(root=str(ctrate_root), split=split, release=release, keep_non_chest=True)
+    df = load_ctrate(cfg)
+    assert df["case_id"].tolist() == [n.removesuffix(".nii.gz") for n in VOLUMES[split]]
+    assert df.attrs["n_non_chest"] == 0
+
+
+@pytest.mark.parametrize("entry", ["train_3_a_1", "train_3_a_1.nii.gz", " train_3_a_1.nii.gz\t\r\n\n"])
+def test_non_chest_entry_with_or_without_suffix(ctrate_root, entry):
+    (ctrate_root / "metadata" / "no_chest_train.txt").write_text(f"train_9_a_1\n\n{entry}")
+    df = load_ctrate(CTRateConfig(root=str(ctrate_root), split="train"))
+    assert df["case_id"].tolist() == ["train_1_a_1", "train_1_a_2", "train_2_a_1"]
+    assert df.attrs["n_non_chest"] == 1  # listed but not on disk (train_9_a_1): not counted
+
+
+def test_non_chest_list_dropped_from_written_manifest(ctrate_root, tmp_path):
+    from ctvl.data.manifest import load_manifest, write_manifest
+
+    df = load_ctrate(CTRateConfig(root=str(ctrate_root), split="train"))
+    manifest = load_manifest(write_manifest(df, tmp_path / "manifest.csv"))
+    assert "train_3_a_1" not in set(manifest["case_id"])
+
+
+def test_missing_non_chest_list_keeps_all_and_says_so_once(ctrate_root, caplog):
+    (ctrate_root / "metadata" / "no_chest_train.txt").unlink()
+    with caplog.at_level(logging.INFO, logger="ctvl.data.ctrate"):
+        df = load_ctrate(CTRateConfig(root=str(ctrate_root), split="train"))
+    assert len(df) == len(VOLUMES["train"]) and df.attrs["n_non_chest"] == 0
+    assert sum("no_chest_train.txt" in r.getMessage() for r in caplog.records) == 1

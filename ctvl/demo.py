@@ -191,8 +191,8 @@ def _sample_answers(path: Path, n: int = 3) -> list[str]:
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines()[:n]]
-    note = ("sample answers of the demo's decoder (a 2-layer, 64-wide random-init Llama trained on 320 cases: "
-            "expect broken text; a pretrained decoder is set with --decoder.path)")
+    note = ("sample answers of the demo's decoder (a 2-layer, 64-wide random-init Llama trained on 320 cases; "
+            "its answers are often garbled: BERTScore above; a pretrained decoder is set with --decoder.path)")
     return [note, *(f"  [{r['case_id']}] {r['question']} -> {r['answer']}" for r in rows)] if rows else []
 
 

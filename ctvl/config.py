@@ -61,18 +61,27 @@ class PreprocessConfig:
     """Storage dtype of preprocessed volumes in the cache."""
     on_unit_range: Literal["error", "convert"] = "error"
     """What to do with a volume already scaled to [0, 1] instead of HU: refuse it, or map [0, 1] back to the HU window."""
+    max_voxels: int = field(default=2**30, metadata={"fingerprint": False})
+    """Largest volume (voxels) the readers accept, checked against the file header before any voxel is read
+    (a 512x512x1000 CT is 2.6e8). It never changes an output, so ``fingerprint()`` leaves it out."""
 
     def __post_init__(self):
         _check_positive("spacing", self.spacing)
         _check_positive("roi_size", self.roi_size)
+        if self.max_voxels < 1:
+            raise ValueError(f"`max_voxels` must be >= 1, got {self.max_voxels}")
         if len(self.spacing) != 3 or len(self.roi_size) != 3:
             raise ValueError("`spacing` and `roi_size` need three values (x, y, z)")
         if self.hu_window[0] >= self.hu_window[1]:
             raise ValueError(f"`hu_window` must be increasing, got {self.hu_window}")
 
     def fingerprint(self) -> str:
-        """Short hash of every field: part of each cache key, so a changed config never reuses entries."""
-        return config_hash(self)
+        """Short hash of every field that can change outputs: part of each cache key, so a changed config
+        never reuses entries. Fields marked ``metadata={"fingerprint": False}`` (limits such as
+        ``max_voxels``) are left out, which keeps the keys of caches written before they existed."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("fingerprint", True)}
+        payload = json.dumps(values, sort_keys=True, default=str)  # the payload config_hash() builds
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,12 @@ transposes axes (``nibabel.as_closest_canonical`` semantics): voxels are never r
   applied, and ITK's LPS geometry is converted to a RAS affine.
 * ``.nrrd``, ``.mha``, ``.mhd`` files are read with SimpleITK like DICOM.
 
+A header is never trusted with an allocation: the shape it claims is checked against a voxel limit
+(``max_voxels``, from :attr:`ctvl.config.PreprocessConfig.max_voxels`) before any voxel is read, and a
+NIfTI file must hold the bytes its header promises: an uncompressed file is checked by its size, a
+gzipped one is decompressed in chunks into a buffer of the promised size that fails as soon as the
+stream ends early, so a corrupt header costs no more memory than the data actually present.
+
 Every problem with an input raises :class:`VolumeError` (a ``ValueError``) whose message names the
 file and the reason. Patient identifiers from DICOM headers are never read into a volume, a log
 line or a message: only geometry and rescale tags are looked at.
@@ -26,7 +32,9 @@ Example:
 
 from __future__ import annotations
 
+import gzip
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +43,9 @@ from typing import Literal, Optional
 import nibabel as nib
 import numpy as np
 from nibabel import orientations
+from nibabel.volumeutils import apply_read_scaling
+
+from ctvl.config import PreprocessConfig
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +56,9 @@ GAP_FACTOR = 1.5
 """A step between consecutive DICOM slices larger than this times the median step means missing slices."""
 DUPLICATE_TOL_MM = 1e-3
 """Slices closer than this (mm, along the slice normal) count as duplicated."""
+DEFAULT_MAX_VOXELS = PreprocessConfig().max_voxels
+"""Voxel limit of :func:`load_volume` when no config passes one (2**30, about 1.07e9 voxels)."""
+_GZIP_CHUNK = 1 << 24  # decompressed bytes per read: memory grows with the data present, not the header
 # DICOM tags read from each slice header: geometry and rescale only, never patient data.
 _TAG_POSITION, _TAG_ORIENTATION = "0020|0032", "0020|0037"
 _TAG_SLOPE, _TAG_INTERCEPT = "0028|1053", "0028|1052"
@@ -85,6 +99,7 @@ def load_volume(
     spacing: Optional[tuple[float, float, float]] = None,
     on_unit_range: Literal["error", "convert"] = "error",
     hu_window: tuple[float, float] = (-1000.0, 1000.0),
+    max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> CTVolume:
     """Read a CT volume (NIfTI file, DICOM series folder, NRRD/MHA file) as RAS, HU, float32.
 
@@ -98,18 +113,23 @@ def load_volume(
         on_unit_range: a volume already scaled to [0, 1] (min >= -0.01, max <= 1.01, not constant) is
             refused ("error") or mapped linearly from [0, 1] to ``hu_window`` ("convert").
         hu_window: HU range that [0, 1] corresponds to, for ``on_unit_range="convert"``.
+        max_voxels: largest volume accepted, checked against the header before any voxel is read
+            (:attr:`ctvl.config.PreprocessConfig.max_voxels`).
 
     Returns:
         CTVolume with ``array`` float32 (x, y, z) in HU and a RAS ``affine``.
 
     Raises:
-        VolumeError: unreadable/corrupt file, not 3D, NaN/inf voxels, zero/negative spacing, DICOM gaps
+        VolumeError: unreadable/corrupt file, a header claiming more voxels than ``max_voxels`` or more
+            bytes than the file holds, not 3D, NaN/inf voxels, zero/negative spacing, DICOM gaps
             or duplicated slices, values in [0, 1] with ``on_unit_range="error"``.
     """
     if on_unit_range not in ("error", "convert"):
         raise ValueError(f"`on_unit_range` must be 'error' or 'convert', got {on_unit_range!r}")
+    if max_voxels < 1:
+        raise ValueError(f"`max_voxels` must be >= 1, got {max_voxels}")
     path = Path(path)
-    array, affine = _read_any(path, rescale)
+    array, affine = _read_any(path, rescale, max_voxels)
     array = _to_3d(array, path)
     if spacing is not None:
         affine = _override_spacing(affine, spacing, path)
@@ -153,18 +173,18 @@ def itk_to_ras_affine(image) -> np.ndarray:
 # ----------------------------------------------------------------------------- readers
 
 
-def _read_any(path: Path, rescale) -> tuple[np.ndarray, np.ndarray]:
+def _read_any(path: Path, rescale, max_voxels: int) -> tuple[np.ndarray, np.ndarray]:
     """Dispatch on the path type; wraps library exceptions into VolumeError naming the file."""
     if not path.exists():
         raise VolumeError(f"{path}: no such file or folder")
     name = path.name.lower()
     try:
         if path.is_dir():
-            return _read_dicom_series(path, rescale)
+            return _read_dicom_series(path, rescale, max_voxels)
         if name.endswith(NIFTI_SUFFIXES):
-            return _read_nifti(path, raw=rescale is not None)
+            return _read_nifti(path, raw=rescale is not None, max_voxels=max_voxels)
         if name.endswith(ITK_SUFFIXES):
-            return _read_itk_file(path)
+            return _read_itk_file(path, max_voxels)
     except VolumeError:
         raise
     except Exception as exc:  # nibabel/zlib/ITK raise many types for corrupt files
@@ -174,19 +194,86 @@ def _read_any(path: Path, rescale) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _read_nifti(path: Path, raw: bool) -> tuple[np.ndarray, np.ndarray]:
-    img = nib.load(path)
+def _read_nifti(path: Path, raw: bool, max_voxels: int) -> tuple[np.ndarray, np.ndarray]:
+    img = nib.load(path)  # reads the header only
     _check_ndim(img.shape, path)
     _check_pixdim(img, path)
+    stored = load_nifti_unscaled(img, path, max_voxels)
     if raw:  # caller's rescale replaces the header scaling
-        proxy = img.dataobj
-        if getattr(proxy, "slope", 1.0) != 1.0 or getattr(proxy, "inter", 0.0) != 0.0:
+        if img.dataobj.slope != 1.0 or img.dataobj.inter != 0.0:
             logger.warning("%s: `rescale` replaces the header's scl_slope/scl_inter", path)
-        data = proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else np.asanyarray(proxy)
-        data = np.asarray(data, dtype=np.float32)
+        data = np.asarray(stored, dtype=np.float32)
     else:
-        data = img.get_fdata(dtype=np.float32, caching="unchanged")
+        data = _scale_like_nibabel(stored, img.dataobj)
     return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def load_nifti_unscaled(img, path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> np.ndarray:
+    """Stored (unscaled) voxels of a NIfTI image opened with ``nib.load``, never trusting the header's size.
+
+    The claimed shape must be within ``max_voxels``; an uncompressed file must then hold ``vox_offset +
+    voxels x itemsize`` bytes (and is memory-mapped by nibabel, as before); a gzipped file (one or several
+    gzip members) is decompressed in chunks into an uninitialised buffer of the claimed size, whose pages
+    are only committed as data arrives, and refused as soon as the stream ends early.
+
+    Args:
+        img: ``nibabel.Nifti1Image``/``Nifti2Image`` from ``nib.load(path)`` (its data not read yet).
+        path: the file ``img`` was loaded from.
+        max_voxels: largest number of voxels accepted.
+
+    Returns:
+        np.ndarray of the header's dtype and shape (Fortran order), like ``img.dataobj.get_unscaled()``.
+
+    Raises:
+        VolumeError: the claimed shape is over ``max_voxels`` or the file holds fewer bytes than claimed.
+    """
+    path, proxy = Path(path), img.dataobj
+    shape, dtype, offset = tuple(int(n) for n in proxy.shape), np.dtype(proxy.dtype), int(proxy.offset)
+    _check_voxel_limit(shape, dtype.name, path, max_voxels)
+    n_bytes = math.prod(shape) * dtype.itemsize
+    claim = f"{path}: header claims shape {shape} of {dtype.name} ({n_bytes:,} bytes of voxels"
+    if not path.name.lower().endswith(".gz"):
+        size = path.stat().st_size
+        if offset + n_bytes > size:
+            raise VolumeError(f"{claim} from offset {offset}), but the file holds only {size:,} bytes")
+        return proxy.get_unscaled()
+    buffer = np.empty(n_bytes, dtype=np.uint8)
+    n_read = _read_gzip_into(path, offset, memoryview(buffer))
+    if n_read < n_bytes:
+        raise VolumeError(f"{claim}), but the decompressed data ends after {n_read:,} bytes of voxels")
+    return buffer.view(dtype).reshape(shape, order=proxy.order)
+
+
+def _read_gzip_into(path: Path, offset: int, out: memoryview) -> int:
+    """Fill ``out`` with decompressed bytes from ``offset`` on, chunk by chunk; returns the bytes read."""
+    n_read = 0
+    with gzip.open(path, "rb") as fh:  # reads multi-member files as one stream
+        fh.seek(offset)
+        while n_read < len(out):
+            n = fh.readinto(out[n_read : n_read + _GZIP_CHUNK])
+            if not n:
+                break
+            n_read += n
+    return n_read
+
+
+def _scale_like_nibabel(stored: np.ndarray, proxy) -> np.ndarray:
+    """``img.get_fdata(dtype=np.float32)`` from already read stored values (nibabel's ArrayProxy rules)."""
+    f32 = np.dtype(np.float32)
+    slope, inter = (np.asanyarray(v) for v in (proxy.slope, proxy.inter))
+    slope, inter = (v.astype(f32) if np.can_cast(v, f32) else v for v in (slope, inter))
+    return apply_read_scaling(stored, slope, inter).astype(f32, copy=False)
+
+
+def _check_voxel_limit(shape, dtype: str, path: Path, max_voxels: int) -> None:
+    """Refuse a header whose claimed shape holds more than ``max_voxels`` voxels, before reading them."""
+    shape = tuple(int(n) for n in shape)
+    n_voxels = math.prod(shape)
+    if n_voxels > max_voxels:
+        raise VolumeError(
+            f"{path}: header claims shape {shape} of {dtype} ({n_voxels:,} voxels), over the limit of "
+            f"{max_voxels:,} voxels (`max_voxels`); raise the limit if the volume is real"
+        )
 
 
 def _check_pixdim(img, path: Path) -> None:
@@ -202,10 +289,15 @@ def _check_pixdim(img, path: Path) -> None:
         raise VolumeError(f"{path}: zero or negative voxel spacing in the header (pixdim {pixdim.tolist()})")
 
 
-def _read_itk_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_itk_file(path: Path, max_voxels: int) -> tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
-    image = sitk.ReadImage(str(path), sitk.sitkFloat32)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()  # header only: check the size before the pixels are allocated
+    _check_voxel_limit(reader.GetSize(), sitk.GetPixelIDValueAsString(reader.GetPixelID()), path, max_voxels)
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    image = reader.Execute()
     _check_ndim(image.GetSize(), path)
     if image.GetDimension() != 3:
         raise VolumeError(f"{path}: expected a 3D image, got {image.GetDimension()}D")
@@ -218,7 +310,7 @@ def _itk_array(image) -> np.ndarray:
     return sitk.GetArrayFromImage(image).transpose(2, 1, 0)  # ITK numpy view is (k, j, i)
 
 
-def _read_dicom_series(folder: Path, rescale) -> tuple[np.ndarray, np.ndarray]:
+def _read_dicom_series(folder: Path, rescale, max_voxels: int) -> tuple[np.ndarray, np.ndarray]:
     """Read the single DICOM series in ``folder``, ordered by slice position, as float32 (i, j, k)."""
     import SimpleITK as sitk
 
@@ -236,11 +328,24 @@ def _read_dicom_series(folder: Path, rescale) -> tuple[np.ndarray, np.ndarray]:
         raise VolumeError(
             f"{folder}: `rescale` given but the slices carry RescaleSlope/Intercept tags (applied already)"
         )
+    _check_series_size(folder, files, max_voxels)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.SetOutputPixelType(sitk.sitkFloat32)
     image = reader.Execute()
     return _itk_array(image), itk_to_ras_affine(image)
+
+
+def _check_series_size(folder: Path, files: list[str], max_voxels: int) -> None:
+    """Voxel limit for a series: the first slice's size (ITK allocates from it) times the slice count."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    reader.ReadImageInformation()
+    size = reader.GetSize()  # (columns, rows[, frames])
+    shape = (size[0], size[1], len(files) * math.prod(size[2:]))
+    _check_voxel_limit(shape, sitk.GetPixelIDValueAsString(reader.GetPixelID()), folder, max_voxels)
 
 
 def _order_slices(folder: Path, files) -> tuple[list[str], bool]:

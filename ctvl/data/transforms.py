@@ -142,18 +142,21 @@ def load_and_preprocess(path: str | os.PathLike, cfg: PreprocessConfig) -> np.nd
 
     Args:
         path: NIfTI file, DICOM series folder or NRRD/MHA file.
-        cfg: preprocessing config (``on_unit_range`` and ``hu_window`` are passed on to the reader).
+        cfg: preprocessing config (``on_unit_range``, ``hu_window`` and ``max_voxels`` are passed on to
+            the reader).
 
     Returns:
         np.ndarray, float32: shape (1, *cfg.roi_size), values in [0, 1], axes (C, x, y, z).
     """
     from ctvl.data.io import load_volume
 
-    stored = _load_plain_integer_nifti(path)
+    stored = _load_plain_integer_nifti(path, cfg.max_voxels)
     if stored is not None:
         array, affine, rescale = stored
         return _preprocess_array(array, affine, cfg, str(path), rescale)
-    volume = load_volume(path, on_unit_range=cfg.on_unit_range, hu_window=cfg.hu_window)
+    volume = load_volume(
+        path, on_unit_range=cfg.on_unit_range, hu_window=cfg.hu_window, max_voxels=cfg.max_voxels
+    )
     return preprocess_volume(volume, cfg)
 
 
@@ -195,14 +198,19 @@ def _preprocess_array(array, affine, cfg: PreprocessConfig, source: str, rescale
     return _resample_window_crop(array, ornt, shape, scale, offset, out_shape, cfg, rescale)
 
 
-def _load_plain_integer_nifti(path) -> tuple[np.ndarray, np.ndarray, tuple[float, float]] | None:
+def _load_plain_integer_nifti(
+    path, max_voxels: int
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float]] | None:
     """Stored integers, affine and (slope, intercept) of a NIfTI that io.load_volume would pass unchanged.
 
     Returns None (the caller then uses io.load_volume) for anything else: not a NIfTI file, unreadable,
     not 3D, non-integer storage, no sform (io checks the raw pixdim then), non-finite or singular
     affine or scaling, or values in [0, 1] (io refuses or converts those, per ``on_unit_range``).
+    The voxels are read by ``io.load_nifti_unscaled``, which checks the header's size first.
     """
     import nibabel as nib
+
+    from ctvl.data.io import load_nifti_unscaled
 
     if not str(path).lower().endswith((".nii", ".nii.gz")) or not os.path.isfile(path):
         return None
@@ -222,7 +230,7 @@ def _load_plain_integer_nifti(path) -> tuple[np.ndarray, np.ndarray, tuple[float
             or not (np.isfinite(slope) and np.isfinite(inter) and slope != 0.0)
         ):
             return None
-        array = np.asarray(proxy.get_unscaled()).reshape(shape[:3], order="A")
+        array = np.asarray(load_nifti_unscaled(img, path, max_voxels)).reshape(shape[:3], order="A")
     except Exception:  # noqa: BLE001 - io.load_volume re-reads the file and reports the problem
         return None
     lo, hi = sorted((slope * float(array.min()) + inter, slope * float(array.max()) + inter))

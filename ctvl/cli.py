@@ -48,7 +48,7 @@ set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
 def _synth(args: Namespace) -> int:
-    from ctvl.data.synthetic_files import write_cohort
+    from ctvl.data.synthetic import write_cohort
 
     cfg = _as(SyntheticCohortConfig, args.cohort)
     paths = write_cohort(cfg, Path(args.out), release=args.release)

@@ -86,7 +86,7 @@ def prepare_demo_data(out: Path, cohort: SyntheticCohortConfig, preprocess: Prep
     ``encoder``: a Merlin-layout checkpoint of ``vision``'s architecture to use instead of step 3.
     """
     from ctvl.data.preprocess import run_preprocess
-    from ctvl.data.synthetic_files import write_cohort
+    from ctvl.data.synthetic import write_cohort
     from ctvl.infer.encode import run_encode
     from ctvl.models.vision3d import build_image_encoder
     from ctvl.vqa.build import run_build_vqa

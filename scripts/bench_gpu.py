@@ -175,7 +175,7 @@ def time_steps(model, inputs: dict, steps: int, warmup: int, device: torch.devic
 
 
 def _write_one(args) -> Path:
-    from ctvl.data.ctrate_like import write_volumes
+    from ctvl.data.synthetic.ctrate_like import write_volumes
 
     folder, i, shape = args
     (folder / f"v{i}").mkdir()

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctvl.data.ctrate_like import write_volumes
+from ctvl.data.synthetic.ctrate_like import write_volumes
 
 TOLERANCE = 1e-3
 QUICK_SHAPE = (64, 64, 40)

@@ -136,8 +136,7 @@ def probe(run: Path, seed: int = 0, encoder=None) -> dict:
     from sklearn.model_selection import GridSearchCV
     from sklearn.preprocessing import StandardScaler
 
-    from ctvl.data.synthetic import compute_image_features, oracle_c_index
-    from ctvl.data.synthetic_files import load_findings
+    from ctvl.data.synthetic import compute_image_features, load_findings, oracle_c_index
     from ctvl.data.tables import read_table
     from ctvl.demo import clinical_matrix, split_cox_c_index
 

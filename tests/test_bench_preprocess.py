@@ -22,7 +22,7 @@ def test_bench_preprocess_quick(capsys):
 def test_bench_volumes_are_ct_like():
     import numpy as np
 
-    from ctvl.data.ctrate_like import make_ct_like_volume
+    from ctvl.data.synthetic.ctrate_like import make_ct_like_volume
 
     vol = make_ct_like_volume((64, 64, 40), np.random.default_rng(0))
     assert vol.dtype == np.int16 and vol.shape == (64, 64, 40)

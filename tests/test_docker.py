@@ -420,7 +420,7 @@ def test_readme_ctrate_manifest_step(tmp_path):
     """The README's CT-RATE one-liner on a synthetic CT-RATE tree writes a valid two-split manifest."""
     from ctvl.config import SyntheticCohortConfig
     from ctvl.data.manifest import load_manifest
-    from ctvl.data.synthetic_files import write_cohort
+    from ctvl.data.synthetic import write_cohort
     from ctvl.vqa.config import VQAConfig
 
     write_cohort(SyntheticCohortConfig(n_cases=6, shape=(16, 16, 16)), tmp_path / "CT-RATE")

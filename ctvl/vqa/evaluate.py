@@ -1,7 +1,7 @@
 """Grade extracted answers against known findings (the synthetic cohort's ground truth).
 
 Answers are free text from either back-end, so grading parses each answer back into the slots of
-:meth:`ctvl.data.findings.Findings.slots` (``findings.csv``) and compares slot by slot: presence,
+:meth:`ctvl.data.synthetic.findings.Findings.slots` (``findings.csv``) and compares slot by slot: presence,
 location (lobe / station / side / vessel / bone site), type, and sizes within ``size_tol_mm``
 (1 mm). A slot whose truth is absent is correct only when the answer does not claim one, so
 hallucinated findings count as errors. Negated clauses ("No pleural effusion", "... was not

@@ -12,10 +12,10 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 
 from ctvl.config import SyntheticCohortConfig
-from ctvl.data.findings import NODE_STATIONS, Findings, LymphNode, compute_stage, compute_tnm
-from ctvl.data.phantom import LOBE_LABELS, LOBES, Label, make_label_map, make_volume
-from ctvl.data.synthetic import make_case_volume, make_cohort, oracle_c_index
-from ctvl.data.synthetic_files import load_findings, write_cohort
+from ctvl.data.synthetic import load_findings, make_case_volume, make_cohort, oracle_c_index, write_cohort
+from ctvl.data.synthetic.anatomy import LOBE_LABELS, LOBES, Label
+from ctvl.data.synthetic.findings import NODE_STATIONS, Findings, LymphNode, compute_stage, compute_tnm
+from ctvl.data.synthetic.phantom import make_label_map, make_volume
 
 FINE = dict(shape=(128, 128, 128), spacing=(2.5, 2.5, 2.5))  # 320 mm FOV, fine enough to measure sizes
 SMALL = SyntheticCohortConfig(n_cases=6, shape=(24, 24, 24), spacing=(13.5, 13.5, 13.5), seed=3)

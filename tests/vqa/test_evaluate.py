@@ -90,7 +90,7 @@ def test_size_tolerance_is_one_mm():
 
 def test_files_as_written_by_the_synthetic_cohort(tmp_path):
     """write_cohort -> raw CT-RATE report CSVs (VolumeName ids) -> build -> graded against findings.csv."""
-    from ctvl.data.synthetic_files import write_cohort
+    from ctvl.data.synthetic import write_cohort
     from ctvl.vqa.build import read_reports, run_build_vqa
     from ctvl.vqa.config import VQAConfig
     from ctvl.vqa.evaluate import run_evaluate_vqa

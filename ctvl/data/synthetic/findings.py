@@ -3,8 +3,9 @@
 The findings answer the six questions of the core paper (Liu et al., arXiv 2604.18250, Fig. 2):
 primary tumour, lymph nodes, pleura, metastases, major vessels, skeleton. Prevalences rise with one
 latent disease severity per case, so findings correlate as they do in a real cohort. Finding centres
-are reference-frame mm (see :mod:`ctvl.data.phantom`, which draws them), lesion sizes physical mm.
-:mod:`ctvl.data.synthetic` adds clinical covariates, staging error, reports and the survival truth.
+are reference-frame mm (:mod:`ctvl.data.synthetic.anatomy`; :mod:`ctvl.data.synthetic.phantom` draws
+them), lesion sizes physical mm. :mod:`ctvl.data.synthetic.cohort` adds clinical covariates, staging
+error, reports and the survival truth.
 
     >>> import numpy as np
     >>> f = make_findings(np.random.default_rng(0), case_id="case_0")
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ctvl.data.phantom import (
+from ctvl.data.synthetic.anatomy import (
     CAGE,
     HEART,
     HILUM,
@@ -36,7 +37,7 @@ from ctvl.data.phantom import (
 
 LOBE_PRIOR = (0.30, 0.08, 0.20, 0.25, 0.17)
 # Station -> (reference-frame anchor in mm, laterality, compartment); anchors sit beside the
-# trachea/carina/hila of the phantom (ctvl.data.phantom).
+# trachea/carina/hila of the reference anatomy (ctvl.data.synthetic.anatomy).
 NODE_STATIONS = {
     "right paratracheal": ((18.0, -22.0, 75.0), "right", "mediastinal"),
     "left paratracheal": ((-14.0, -30.0, 52.0), "left", "mediastinal"),

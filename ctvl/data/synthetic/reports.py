@@ -1,8 +1,8 @@
-"""CT-RATE style radiology reports for synthetic cases (:mod:`ctvl.data.synthetic`).
+"""CT-RATE style radiology reports for synthetic cases (:mod:`ctvl.data.synthetic.cohort`).
 
 ``make_report(findings, rng, slice_thickness_mm)`` returns the four CT-RATE text fields
 (``ClinicalInformation_EN``, ``Technique_EN``, ``Findings_EN``, ``Impressions_EN``). The text
-states exactly the findings of :class:`~ctvl.data.findings.Findings` and normal findings
+states exactly the findings of :class:`~ctvl.data.synthetic.findings.Findings` and normal findings
 otherwise. Phrasing varies (several templates per finding, synonyms, sentence order shuffled,
 sizes as "23 mm" or "2.3 cm"), but stays parseable for a rule-based extractor:
 
@@ -18,7 +18,7 @@ sizes as "23 mm" or "2.3 cm"), but stays parseable for a rule-based extractor:
 
 Example:
     >>> import numpy as np
-    >>> from ctvl.data.findings import Findings
+    >>> from ctvl.data.synthetic.findings import Findings
     >>> f = Findings("c", 0, tumour_lobe="left lower lobe", tumour_size_mm=23)
     >>> text = make_report(f, np.random.default_rng(0))["Findings_EN"]
     >>> "left lower lobe" in text or "lower lobe of the left lung" in text
@@ -27,12 +27,9 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    from ctvl.data.findings import Findings
+from ctvl.data.synthetic.findings import Findings
 
 _COUNT = {1: "one", 2: "two", 3: "three", 4: "four"}
 _CLINICAL = ("Lung cancer staging.", "Known lung carcinoma, staging.", "Suspected lung malignancy.",

@@ -1,6 +1,6 @@
 """A synthetic cohort on disk, in CT-RATE's layout, plus its survival manifest and ground truth.
 
-:func:`write_cohort` writes what :func:`ctvl.data.synthetic.make_cohort` draws: volumes as NIfTI (the
+:func:`write_cohort` writes what :func:`ctvl.data.synthetic.cohort.make_cohort` draws: volumes as NIfTI (the
 "fixed" release in HU, or the "original" release in stored values with the rescale in the metadata),
 report and metadata tables, ``manifest.csv`` and the true findings; :func:`load_findings` reads the
 findings back.
@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import logging
 from dataclasses import dataclass
@@ -23,9 +24,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from ctvl.config import SyntheticCohortConfig
-from ctvl.data.findings import Findings
-from ctvl.data.synthetic import make_case_volume, make_cohort
+from ctvl.config import SyntheticCohortConfig, save_config
+from ctvl.data.synthetic.cohort import make_case_volume, make_cohort
+from ctvl.data.synthetic.findings import Findings
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,6 @@ def _nifti_bytes(volume: np.ndarray, spacing, release: str, compress: bool) -> b
     (HU + 1024) with no rescale in the header and unit spacing, so that slope/intercept and spacing
     must come from the metadata CSV (as with CT-RATE's first release).
     """
-    import gzip
-
     import nibabel as nib
 
     if release == "fixed":  # world origin at the FOV centre, like the phantom's reference frame
@@ -109,8 +108,6 @@ def write_cohort(cfg: SyntheticCohortConfig, out_dir: str | Path,
     header rescale and unit spacing; the reader must apply slope/intercept and spacing from the metadata
     exactly once. Files are a deterministic function of ``(cfg, release)``.
     """
-    from ctvl.config import save_config
-
     if release not in ("fixed", "original"):
         raise ValueError(f"`release` must be 'fixed' or 'original', got {release!r}")
     root = Path(out_dir).resolve()

@@ -2,9 +2,9 @@
 
 No real CT can be downloaded in CI, yet a pipeline (HU handling, preprocessing, VQA extraction from
 reports, survival training) needs data whose truth is known. Each case gets findings for the six
-questions of the core paper (:mod:`ctvl.data.findings`), a chest drawn in Hounsfield units
-(:mod:`ctvl.data.phantom`), a CT-RATE style report (:mod:`ctvl.data.synthetic_reports`) and, from this
-module, clinical covariates, a clinical stage (the true TNM with staging error) and a
+questions of the core paper (:mod:`ctvl.data.synthetic.findings`), a chest drawn in Hounsfield units
+(:mod:`ctvl.data.synthetic.phantom`), a CT-RATE style report (:mod:`ctvl.data.synthetic.reports`) and,
+from this module, clinical covariates, a clinical stage (the true TNM with staging error) and a
 proportional-hazards survival time.
 
 Survival truth (module constants ``W_IMAGE``, ``W_CLINICAL``, ``WEIBULL_*``):
@@ -15,8 +15,9 @@ Survival truth (module constants ``W_IMAGE``, ``W_CLINICAL``, ``WEIBULL_*``):
 
 (Weibull proportional hazards by inverse-CDF sampling, Bender et al., Stat. Med. 24:1713, 2005),
 with independent exponential censoring whose rate is solved so that the expected censored
-fraction equals ``censoring_rate``. Both linear predictors are centred and have a population SD of
-~1.5, so ``clinical_weight`` is the ratio of clinical to imaging signal.
+fraction equals ``censoring_rate`` (both from :mod:`ctvl.survival.simulate`). Both linear predictors
+are centred and have a population SD of ~1.5, so ``clinical_weight`` is the ratio of clinical to
+imaging signal.
 
 Entry points:
     >>> from ctvl.config import SyntheticCohortConfig
@@ -24,7 +25,7 @@ Entry points:
     >>> make_case_volume(SyntheticCohortConfig(shape=(32, 32, 32), spacing=(10, 10, 10)), findings[0]).dtype
     dtype('int16')
 
-:func:`ctvl.data.synthetic_files.write_cohort` writes a cohort in the CT-RATE layout (volumes, reports,
+:func:`ctvl.data.synthetic.files.write_cohort` writes a cohort in the CT-RATE layout (volumes, reports,
 metadata) plus a survival manifest and the ground-truth findings.
 """
 
@@ -34,8 +35,11 @@ import numpy as np
 import pandas as pd
 
 from ctvl.config import SyntheticCohortConfig
-from ctvl.data.findings import EFFUSION_SIZES, Findings, compute_stage, compute_tnm, make_findings
-from ctvl.data.phantom import make_volume
+from ctvl.data.synthetic.findings import EFFUSION_SIZES, Findings, compute_stage, compute_tnm, make_findings
+from ctvl.data.synthetic.phantom import make_volume
+from ctvl.data.synthetic.reports import make_report
+from ctvl.survival.metrics import harrell_c
+from ctvl.survival.simulate import compute_censoring, compute_ph_event_times
 
 SMOKING = ("never", "former", "current")
 
@@ -51,7 +55,7 @@ WEIBULL_SCALE_MONTHS, WEIBULL_SHAPE = 20.0, 1.2
 
 
 def make_case_volume(cfg: SyntheticCohortConfig, findings: Findings) -> np.ndarray:
-    """The exact volume :func:`ctvl.data.synthetic_files.write_cohort` writes for ``findings``.
+    """The exact volume :func:`ctvl.data.synthetic.files.write_cohort` writes for ``findings``.
 
     Its noise stream is ``(cfg.seed, findings.index, 1)``.
     """
@@ -113,33 +117,6 @@ def compute_log_hazard(f: Findings, clinical: dict, clinical_weight: float) -> t
     return float(image), float(clinical_weight * clin)
 
 
-def compute_censoring_rate(event_times: np.ndarray, censoring_rate: float) -> float:
-    r"""Rate :math:`\mu` of exponential censoring such that the expected censored fraction is the target.
-
-    .. math::
-        \frac{1}{n}\sum_i P(C_i < T_i) = \frac{1}{n}\sum_i \left(1 - e^{-\mu T_i}\right) = c
-
-    with :math:`c` = ``censoring_rate``, solved by bisection on :math:`\log\mu` (the left side
-    increases with :math:`\mu`).
-
-    >>> mu = compute_censoring_rate(np.array([1.0, 2.0, 4.0]), 0.5)
-    >>> round(float(np.mean(1 - np.exp(-mu * np.array([1.0, 2.0, 4.0])))), 6)
-    0.5
-    """
-    if censoring_rate <= 0:
-        return 0.0
-    lo, hi = -30.0, 30.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if np.mean(-np.expm1(-np.exp(mid) * event_times)) < censoring_rate else (lo, mid)
-    return float(np.exp(0.5 * (lo + hi)))
-
-
-def _weibull_times(log_hazard: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
-    """Inverse-CDF Weibull PH times: S(t) = exp(-(t/sigma)^k e^eta) = U (Bender et al. 2005)."""
-    return WEIBULL_SCALE_MONTHS * (-np.log(uniforms) * np.exp(-log_hazard)) ** (1.0 / WEIBULL_SHAPE)
-
-
 # ----------------------------------------------------------------------------- cohort
 
 
@@ -180,8 +157,6 @@ def make_cohort(cfg: SyntheticCohortConfig) -> tuple[pd.DataFrame, list[Findings
         ``log_hazard_clinical``, ``true_log_hazard``, ``latent_event_time``, ``time`` (months),
         ``event`` (1 = death observed); and the :class:`Findings` in the same order.
     """
-    from ctvl.data.synthetic_reports import make_report
-
     splits, stems = _case_names(cfg.n_cases, cfg.validation_fraction, cfg.seed)
     rows, findings = [], []
     for i, (split, stem) in enumerate(zip(splits, stems)):
@@ -205,15 +180,19 @@ def make_cohort(cfg: SyntheticCohortConfig) -> tuple[pd.DataFrame, list[Findings
 
 
 def _add_survival(df: pd.DataFrame, cfg: SyntheticCohortConfig) -> None:
-    """Weibull PH event times and independent exponential censoring calibrated to ``censoring_rate``."""
+    """Weibull PH event times and independent exponential censoring calibrated to ``censoring_rate``.
+
+    Each case draws (U, E) from its own stream ``(seed, index, 2)``, so its latent time does not depend
+    on ``n_cases`` (the censoring rate, calibrated on the whole cohort, does).
+    """
     draws = np.array([np.random.default_rng([cfg.seed, i, 2]).random(2) for i in range(len(df))])
     uniforms, censor_unit = 1.0 - draws[:, 0], -np.log1p(-draws[:, 1])  # U in (0, 1]; Exp(1)
-    latent = _weibull_times(df["true_log_hazard"].to_numpy(), uniforms)
-    mu = compute_censoring_rate(latent, cfg.censoring_rate)
-    censor = censor_unit / mu if mu > 0 else np.full(len(df), np.inf)
+    latent = compute_ph_event_times(df["true_log_hazard"].to_numpy(), uniforms,
+                                    scale=WEIBULL_SCALE_MONTHS, shape=WEIBULL_SHAPE)
+    time, event = compute_censoring(latent, cfg.censoring_rate, censor_unit)
     df["latent_event_time"] = latent
-    df["time"] = np.maximum(np.round(np.minimum(latent, censor), 3), 1e-3)
-    df["event"] = (latent <= censor).astype(int)
+    df["time"] = np.maximum(np.round(time, 3), 1e-3)
+    df["event"] = event.astype(int)
 
 
 def oracle_c_index(df: pd.DataFrame, risk: str = "true_log_hazard") -> float:
@@ -226,8 +205,6 @@ def oracle_c_index(df: pd.DataFrame, risk: str = "true_log_hazard") -> float:
         df: table with ``time``, ``event`` and the ``risk`` column (e.g. from :func:`make_cohort`).
         risk: column holding a log-hazard (higher = earlier death).
     """
-    from ctvl.survival.metrics import harrell_c
-
     missing = {"time", "event", risk} - set(df.columns)
     if missing:
         raise ValueError(f"oracle_c_index: table lacks column(s) {sorted(missing)}")

@@ -1,9 +1,10 @@
 """CT-RATE-sized synthetic volumes (512 x 512 x ~300 at 0.7 x 0.7 x 1 mm, int16 gzip NIfTI) for benchmarks.
 
-The chest phantoms of :mod:`ctvl.data.synthetic` carry findings and survival truth at small sizes; these
-are simpler (body, fat, lungs, spine, table, 15 HU noise) but have the size, storage and orientation
-(LPS, like DICOM-derived CT) of real CT-RATE files, which is what preprocessing and inference
-throughput depend on. Used by ``scripts/bench_preprocess.py`` and ``scripts/bench_gpu.py``.
+The chest phantoms of :mod:`ctvl.data.synthetic.phantom` carry findings and survival truth at small
+sizes; these are simpler (body, fat, lungs, spine, table, 15 HU noise) but have the size, storage and
+orientation (LPS, like DICOM-derived CT) of real CT-RATE files, which is what preprocessing and
+inference throughput depend on. Independent of the rest of :mod:`ctvl.data.synthetic`. Used by
+``scripts/bench_preprocess.py`` and ``scripts/bench_gpu.py``.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
-"""Chest phantom of the synthetic cohort: tissue labels, reference anatomy and the HU volume.
+"""Chest phantom of the synthetic cohort: the tissue label map of a case and its HU volume.
 
-Anatomy is laid out in a *reference frame* (mm, RAS, origin at the FOV centre) for a 320 mm field
-of view and scaled by ``min(1, FOV / 320 mm)`` per axis (and the patient's ``body_scale`` in x, y), so
-any grid holds a whole chest; lesion sizes are physical mm. :func:`make_label_map` paints tissue
-:class:`Label` values (body wall, fat, lobes, mediastinum, heart, great vessels, airways, spine, ribs,
-liver dome, adrenals, then the case's findings); :func:`make_volume` turns them into Hounsfield units
-with tissue texture and noise. What a case holds is decided in :mod:`ctvl.data.findings`
-(:class:`~ctvl.data.findings.Findings`); this module only draws it.
+The reference anatomy (:mod:`ctvl.data.synthetic.anatomy`, mm for a 320 mm field of view) is scaled
+by ``min(1, FOV / 320 mm)`` per axis (and the patient's ``body_scale`` in x, y), so any grid holds a
+whole chest; lesion sizes are physical mm. :func:`make_label_map` paints tissue :class:`Label` values
+(body wall, fat, lobes, mediastinum, heart, great vessels, airways, spine, ribs, liver dome, adrenals,
+then the case's findings); :func:`make_volume` turns them into Hounsfield units with tissue texture
+and noise. What a case holds is decided in :mod:`ctvl.data.synthetic.findings`
+(:class:`~ctvl.data.synthetic.findings.Findings`); this module only draws it.
 
 Example:
-    >>> from ctvl.data.findings import make_findings
+    >>> from ctvl.data.synthetic.findings import make_findings
     >>> f = make_findings(np.random.default_rng(0))
     >>> make_volume(f, shape=(32, 32, 32), spacing=(10.0, 10.0, 10.0)).shape
     (32, 32, 32)
@@ -17,35 +17,34 @@ Example:
 
 from __future__ import annotations
 
-from enum import IntEnum
-from typing import TYPE_CHECKING
-
 import numpy as np
 from scipy import ndimage
 
-if TYPE_CHECKING:
-    from ctvl.data.findings import Findings
+from ctvl.data.synthetic.anatomy import (
+    ADRENAL,
+    AIRWAYS,
+    BONE_LABELS,
+    CAGE,
+    HEART,
+    HILUM,
+    LEVEL_MM,
+    LEVEL_TOP,
+    LIVER,
+    LOBE_LABELS,
+    LUNG,
+    LUNG_LABELS,
+    PERIADRENAL_FAT,
+    REF_FOV_MM,
+    RIB_SLOPE,
+    SPINE_Y,
+    VERT_R,
+    VESSEL_SITE,
+    VESSEL_TREE,
+    Label,
+    lobe_of,
+)
+from ctvl.data.synthetic.findings import Findings
 
-REF_FOV_MM = 320.0
-"""Field of view (mm) the reference anatomy is laid out for; smaller FOVs shrink the anatomy."""
-
-LOBES = ("right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe", "left lower lobe")
-
-
-class Label(IntEnum):
-    """Tissue labels of :func:`make_label_map`; HU per label in ``_HU``."""
-
-    AIR, FAT, SOFT_TISSUE, MEDIASTINAL_FAT, ABDOMEN = 0, 1, 2, 3, 4
-    RUL, RML, RLL, LUL, LLL = 5, 6, 7, 8, 9
-    AIRWAY, ESOPHAGUS, HEART, BLOOD_POOL, VESSEL = 10, 11, 12, 13, 14
-    CORTICAL_BONE, VERTEBRA, DISC, SPINAL_CANAL, LIVER, ADRENAL = 15, 16, 17, 18, 19, 20
-    TUMOUR, NODE, EFFUSION, PLEURAL_THICKENING, LIVER_MET, ADRENAL_MET = 30, 31, 32, 33, 34, 35
-    BONE_LYTIC, BONE_SCLEROTIC, FRACTURE, OSTEOPHYTE, VESSEL_INVASION = 36, 37, 38, 39, 40
-
-
-LOBE_LABELS = dict(zip(LOBES, (Label.RUL, Label.RML, Label.RLL, Label.LUL, Label.LLL)))
-LUNG_LABELS = tuple(LOBE_LABELS.values())
-BONE_LABELS = (Label.CORTICAL_BONE, Label.VERTEBRA, Label.DISC)
 # label: (HU without contrast, HU with contrast, texture amplitude)
 _HU = {Label.AIR: (-1000, -1000, 0), Label.FAT: (-100, -100, 6), Label.SOFT_TISSUE: (45, 55, 6),
        Label.MEDIASTINAL_FAT: (-90, -90, 8), Label.ABDOMEN: (35, 60, 8), Label.AIRWAY: (-990, -990, 0),
@@ -70,45 +69,6 @@ def _build_lut() -> np.ndarray:
 _LUT = _build_lut()
 NOISE_SD_HU = 10.0
 """Standard deviation of the white (quantum) noise added to every voxel."""
-
-def lobe_of(side: str, v, w):
-    """Lobe from lung-normalised (v: posterior->anterior, w: inferior->superior) coordinates.
-
-    The oblique fissure runs from posterior-superior to anterior-inferior; the horizontal fissure
-    (right only) splits the upper from the middle lobe.
-    """
-    lower = w < -0.25 - 0.6 * v
-    if side == "right":
-        return np.where(lower, Label.RLL, np.where(w >= 0.15, Label.RUL, Label.RML))
-    return np.where(lower, Label.LLL, Label.LUL)
-
-
-# Reference anatomy (mm): ellipsoids (centre, semi-axes) and capsules (a, b, radius).
-LUNG = {"right": ((70.0, -5.0, 20.0), (58.0, 78.0, 115.0)),
-         "left": ((-68.0, -5.0, 15.0), (54.0, 76.0, 112.0))}
-CAGE = (125.0, 85.0, -2.0)  # inner rib-cage ellipse: semi x, semi y, centre y
-HILUM = {"right": ((45.0, -15.0, 22.0), (20.0, 24.0, 30.0)),
-          "left": ((-47.0, -15.0, 25.0), (20.0, 24.0, 30.0))}
-HEART = ((-15.0, 28.0, -45.0), (60.0, 50.0, 48.0))
-LIVER = ((55.0, 25.0, -150.0), (100.0, 85.0, 75.0))
-ADRENAL = {"right": (28.0, -58.0, -130.0), "left": (-42.0, -50.0, -128.0)}
-PERIADRENAL_FAT = (18.0, 24.0, 28.0)
-"""Semi-axes (mm) of the retroperitoneal fat around each adrenal: on CT an adrenal mass stands out
-against fat, not against solid organs."""
-_AIRWAYS = (((0, -25, 170), (0, -25, 45), 9.0), ((0, -25, 45), (38, -25, 18), 6.5),
-            ((0, -25, 45), (-45, -28, 15), 6.0))
-_VESSEL_TREE = {
-    "aorta": (((10, 30, -15), (12, 32, 65), 14.0), ((12, 32, 65), (-18, 0, 82), 13.0),
-              ((-18, 0, 82), (-28, -50, 68), 12.0), ((-28, -50, 68), (-24, -48, -170), 12.0)),
-    "pulmonary artery": (((-8, 42, -5), (-12, 20, 30), 13.0), ((-12, 20, 30), (45, -12, 25), 10.0),
-                         ((-12, 20, 30), (-50, -8, 35), 10.0)),
-    "superior vena cava": (((32, 18, 170), (32, 18, 5), 9.0),),
-}
-# Segment (capsule) of each vessel that a finding involves: (a, b, radius).
-_VESSEL_SITE = {"superior vena cava": ((32, 18, 40), (32, 18, 95), 9.0),
-                "pulmonary artery": ((-9, 36, 2), (-12, 20, 30), 13.0),
-                "aorta": ((-27, -50, 60), (-26, -49, 10), 12.0)}
-SPINE_Y, _VERT_R, LEVEL_MM, LEVEL_TOP, RIB_SLOPE = -62.0, 17.0, 24.0, 150.0, 0.45
 
 
 class _Grid:
@@ -200,9 +160,9 @@ def _paint_skeleton(labels: np.ndarray, g: _Grid, cage: np.ndarray) -> None:
     x2, y2, z1 = x[:, :, 0], y[:, :, 0], g.axes[2]
     r = np.hypot(x2, y2 - SPINE_Y)
     disc = np.mod(LEVEL_TOP - z1, LEVEL_MM) > LEVEL_MM - 4
-    labels[r <= _VERT_R] = Label.CORTICAL_BONE
-    labels[r <= _VERT_R - 2.5] = Label.VERTEBRA
-    labels[(r <= _VERT_R)[:, :, None] & disc] = Label.DISC
+    labels[r <= VERT_R] = Label.CORTICAL_BONE
+    labels[r <= VERT_R - 2.5] = Label.VERTEBRA
+    labels[(r <= VERT_R)[:, :, None] & disc] = Label.DISC
     canal = np.hypot(x2, y2 + 90)
     labels[(canal <= 13) & (y2 < -84)] = Label.CORTICAL_BONE
     labels[(np.abs(x2) < 4) & (y2 < -95) & (y2 > -118)] = Label.CORTICAL_BONE
@@ -226,10 +186,10 @@ def _paint_organs(labels: np.ndarray, g: _Grid) -> None:
         _paint(labels, _ellipsoid(g, center, PERIADRENAL_FAT), Label.FAT, only=(Label.ABDOMEN,))
         _paint(labels, _ellipsoid(g, center, (5.0, 12.0, 16.0)), Label.ADRENAL)
     _paint(labels, _capsule(g, (-8, -40, 170), (-8, -40, -120), 7.0), Label.ESOPHAGUS)
-    for segments in _VESSEL_TREE.values():
+    for segments in VESSEL_TREE.values():
         for a, b, radius in segments:
             _paint(labels, _capsule(g, a, b, radius), Label.VESSEL)
-    for a, b, radius in _AIRWAYS:
+    for a, b, radius in AIRWAYS:
         _paint(labels, _capsule(g, a, b, radius), Label.AIRWAY)
 
 
@@ -259,7 +219,7 @@ def _paint_pleura(labels: np.ndarray, g: _Grid, f: Findings, cage: np.ndarray) -
 
 
 def _paint_vessel_finding(labels: np.ndarray, g: _Grid, f: Findings) -> None:
-    a, b, radius = _VESSEL_SITE[f.vessel_involved]
+    a, b, radius = VESSEL_SITE[f.vessel_involved]
     cuff = _capsule(g, a, b, radius + 10.0)
     _paint(labels, cuff, Label.VESSEL_INVASION, protect=(Label.AIRWAY,) + BONE_LABELS)
     lumen = radius * (0.35 if f.vessel_effect == "compression" else 1.0)

@@ -3,7 +3,9 @@
 Every sub-command takes its typed config from ``ctvl.config`` (dataclass fields become
 ``--group.field`` options, with the field docstrings as help) and an optional
 ``--config file.yaml`` holding the same keys. Run ``ctvl --help`` or
-``ctvl <command> --help``.
+``ctvl <command> --help``; ``ctvl train --help`` indexes its option groups, ``ctvl train --help GROUP``
+documents one (``--help all``: every option). ``ctvl --log_level DEBUG <command>`` also shows the
+libraries' start-up notes that are hidden by default.
 
 Sub-commands:
     synth       write a synthetic chest-CT cohort (CT-RATE layout + survival manifest)
@@ -21,13 +23,18 @@ Sub-commands:
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import logging
+import shutil
 import sys
+import textwrap
 from pathlib import Path
 from typing import Callable, Optional
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_parsing_settings
 
+import ctvl
 from ctvl.config import (
     ContrastiveConfig,
     CTRateConfig,
@@ -45,6 +52,83 @@ log = logging.getLogger("ctvl")
 
 # Field docstrings in ctvl.config become the --help text of each option.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
+# Library loggers whose INFO lines say nothing a user acts on (shown at --log_level DEBUG): numexpr's
+# "NumExpr defaulting to N threads" (pandas imports numexpr), nibabel's header notes such as "pixdim[0]
+# (qfac) should be 1 (default) or -1; setting qfac to 1" (nibabel fixes the header itself).
+QUIET_LOGGERS = ("numexpr", "nibabel.global")
+# Single lines shown only at --log_level DEBUG, by logger and message start. DeepSpeed logs this WARNING on
+# every import without CUDA, CPU runs included; it sets its logger's level on import: a filter, not a level.
+QUIET_LINES = {"DeepSpeed": ("Setting accelerator to CPU",)}
+
+
+def version() -> str:
+    """The installed ``ctvl`` distribution's version (``ctvl.__version__`` from a tree without metadata)."""
+    try:
+        return importlib.metadata.version("ctvl")
+    except importlib.metadata.PackageNotFoundError:
+        return getattr(ctvl, "__version__", "unknown")
+
+
+class GroupedHelpAction(argparse._HelpAction):
+    """``-h/--help [GROUP]`` for a command with many config groups (``ctvl train``: ~200 options).
+
+    ``--help``: the command's own options and one line per option group; ``--help GROUP``: the options
+    of that group and of the groups nested in it (``model`` includes ``model.lora``); ``--help all``:
+    every option.
+    """
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        argparse.Action.__init__(self, option_strings, dest=dest, default=default, nargs="?", metavar="GROUP",
+                                 help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        groups = config_groups(parser)
+        if values is None:
+            text = _format_groups(parser, [parser._positionals, parser._optionals])
+            text += _group_index(parser, groups)
+        elif values == "all":
+            text = parser.format_help()
+        else:
+            chosen = [g for key, g in groups.items() if key == values or key.startswith(values + ".")]
+            if not chosen:
+                parser.error(f"--help {values}: no such option group; choose from all, {', '.join(groups)}")
+            text = _format_groups(parser, chosen)
+        parser._print_message(text, sys.stdout)
+        parser.exit()
+
+
+def config_groups(parser: ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """The parser's option groups of config dataclasses, by key (``model``, ``model.lora``, ...)."""
+    own = (parser._positionals, parser._optionals)
+    return {g._group_actions[0].dest: g for g in parser._action_groups if g not in own and g._group_actions}
+
+
+def _format_groups(parser: ArgumentParser, groups: list) -> str:
+    """``parser.format_help()`` (usage, description) showing only ``groups``."""
+    every = parser._action_groups
+    parser._action_groups = groups
+    try:
+        return parser.format_help()
+    finally:
+        parser._action_groups = every
+
+
+def _group_index(parser: ArgumentParser, groups: dict[str, argparse._ArgumentGroup]) -> str:
+    """One line per option group: key, description, option count; then how to see the options."""
+    indent, columns = max(len(k) for k in groups) + 4, shutil.get_terminal_size().columns - 2  # as argparse
+    lines = ["", "option groups (options --GROUP.FIELD VALUE; --GROUP FILE.yaml reads a whole group):"]
+    for key, group in groups.items():
+        name = group.title.split("(", 1)[0]  # a dataclass without a docstring has its signature as __doc__
+        title = name if name.isidentifier() else group.title
+        n = len(group._group_actions) - 1  # the first action is --GROUP FILE.yaml
+        lines.append(textwrap.fill(f"{title} ({n} option{'s' * (n != 1)})", max(columns, 60),
+                                   initial_indent=f"  {key:<{indent - 2}}", subsequent_indent=" " * indent))
+    prog = parser.prog.replace(" [options]", "")
+    lines += ["", f"{prog} --help GROUP documents a group's options, {prog} --help all every option;",
+              f"{prog} --config FILE.yaml [--GROUP.FIELD VALUE ...] --print_config prints the resolved",
+              "configuration (examples: configs/train/*.yaml; fields: the dataclasses of ctvl/config.py)."]
+    return "\n".join(lines) + "\n"
 
 
 def _synth(args: Namespace) -> int:
@@ -151,7 +235,8 @@ def _predict(args: Namespace) -> int:
     summary = run_predict(args.model, args.inputs, Path(args.out), clinical=args.clinical,
                           clinical_template=args.clinical_template, questions=args.questions,
                           batch_size=args.batch_size, workers=args.workers, horizons=args.horizons,
-                          shard=_shard(args), resume=not args.restart, save_embeddings=args.save_embeddings)
+                          shard=_shard(args), resume=not args.restart, save_embeddings=args.save_embeddings,
+                          allow_missing_context=args.allow_missing_context)
     log.info("predicted %d, skipped %d (done), failed %d of %d cases -> %s", summary.n_predicted,
              summary.n_skipped, summary.n_failed, summary.n_cases, args.out)
     return summary.exit_code
@@ -164,7 +249,8 @@ def _generate(args: Namespace) -> int:
                            clinical_template=args.clinical_template, questions=args.questions,
                            max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                            temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
-                           workers=args.workers, resume=not args.restart)
+                           workers=args.workers, resume=not args.restart,
+                           allow_missing_context=args.allow_missing_context)
     return summary.exit_code
 
 
@@ -261,7 +347,12 @@ def _encode_parser() -> ArgumentParser:
 
 def _train_parser() -> ArgumentParser:
     p = ArgumentParser(description="Train one stage: --train.stage contrastive (optional stage 0), vqa (stage 1) "
-                                   "or survival (stage 2).")
+                                   "or survival (stage 2).", add_help=False,
+                       usage="%(prog)s [-h [GROUP]] [--config CONFIG] [--print_config[=flags]] "
+                             "[--GROUP.FIELD VALUE ...]")
+    p.add_argument("-h", "--help", action=GroupedHelpAction,
+                   help="Show these options and an index of the option groups; --help GROUP (e.g. train, "
+                        "model.lora) documents a group, --help all every option; then exit.")
     p.add_argument("--config", action=ActionConfigFile)
     p.add_argument("--local_rank", type=Optional[int], default=None,
                    help="Set by the deepspeed launcher; ignored (ranks come from the environment).")
@@ -273,21 +364,25 @@ def _train_parser() -> ArgumentParser:
     return p
 
 
-def _inputs_arguments(p: ArgumentParser) -> None:
+def _inputs_arguments(p: ArgumentParser, out_help: str) -> None:
     p.add_argument("--model", required=True, help="Exported model folder (a training run's model/).")
     p.add_argument("--inputs", required=True, help="Manifest (CSV/Parquet), folder of NIfTI files, or folder of DICOM series.")
-    p.add_argument("--out", required=True, help="Output file (predict: .csv/.parquet) or folder (generate).")
+    p.add_argument("--out", required=True, help=out_help)
     p.add_argument("--clinical", default=None, help="Clinical table joined on case_id (default: the manifest's columns).")
     p.add_argument("--clinical_template", default=None, help="Clinical sentence template (default: the training run's).")
     p.add_argument("--questions", default=None, help="Question templates YAML (default: the training run's / the six).")
     p.add_argument("--batch_size", type=int, default=4, help="Cases per forward pass.")
     p.add_argument("--workers", type=int, default=2, help="Preprocessing worker processes.")
     p.add_argument("--restart", action="store_true", help="Ignore finished cases in --out and start over.")
+    p.add_argument("--allow_missing_context", action="store_true",
+                   help="Predict/answer without the clinical sentence for cases whose clinical data "
+                        "(or template) is missing, although the model was trained with it; default: such a "
+                        "run is an error.")
 
 
 def _predict_parser() -> ArgumentParser:
     p = ArgumentParser(description="Risk scores for CT volumes (mean over the questions), resumable and sharded.")
-    _inputs_arguments(p)
+    _inputs_arguments(p, "Output table (.csv or .parquet), one row per case.")
     p.add_argument("--horizons", type=Optional[list[float]], default=None,
                    help="DeepHit: times of the survival probabilities (default: every cut).")
     p.add_argument("--save_embeddings", action="store_true", help="Also write z_surv as <out stem>.z_surv.npy.")
@@ -296,7 +391,7 @@ def _predict_parser() -> ArgumentParser:
 
 def _generate_parser() -> ArgumentParser:
     p = ArgumentParser(description="Answers to the questions per volume (JSONL) and a per-case report.")
-    _inputs_arguments(p)
+    _inputs_arguments(p, "Output folder (answers JSONL and the per-case reports).")
     p.add_argument("--max_new_tokens", type=int, default=64, help="Longest answer in tokens.")
     p.add_argument("--do_sample", action="store_true", help="Sample instead of greedy decoding.")
     p.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature.")
@@ -350,7 +445,9 @@ COMMANDS: dict[str, tuple[Callable[[], ArgumentParser], Callable[[Namespace], in
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="ctvl", description="CT vision-language survival modelling.")
-    parser.add_argument("--log_level", default="INFO", help="Logging level.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        type=str.upper, help="Logging level; DEBUG also shows the libraries' start-up notes.")
     sub = parser.add_subcommands(dest="command")
     for name, (make_parser, _) in COMMANDS.items():
         command = make_parser()
@@ -367,9 +464,35 @@ def _as(cls, ns: Namespace):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
+def setup_logging(level: str) -> None:
+    """Root handler at ``level``; above DEBUG, the libraries' notes (``QUIET_LOGGERS``/``_LINES``) are hidden."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    show_notes = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if show_notes else logging.WARNING)
+    # nibabel gives its logger a stream handler of its own: propagated too, every line would print twice.
+    logging.getLogger("nibabel.global").propagate = False
+    for name, prefixes in QUIET_LINES.items():
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, _QuietLines)]:  # main() may run more than once
+            logger.removeFilter(old)
+        logger.addFilter(_QuietLines(prefixes, show=show_notes))
+
+
+class _QuietLines(logging.Filter):
+    """Drops the records whose message starts with one of ``prefixes``, unless ``show`` (at DEBUG)."""
+
+    def __init__(self, prefixes: tuple[str, ...], show: bool):
+        super().__init__()
+        self.prefixes, self.show = prefixes, show
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.show or not record.getMessage().startswith(self.prefixes)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     _, handler = COMMANDS[args.command]
     try:
         return handler(args[args.command])

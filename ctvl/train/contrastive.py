@@ -279,7 +279,7 @@ def fit_contrastive(cfg: RunConfig, progress: bool = True) -> FitResult:
     sampler = EpochBatchSampler(len(train_pairs), tc.micro_batch_size, rank=rank(), world_size=world_size(),
                                 seed=tc.seed)
     step, epoch, position = resume_latest(engine, out_dir, tc.seed)
-    result, metrics = FitResult(out_dir, step), MetricsWriter(out_dir)
+    result, metrics = FitResult(out_dir, step), MetricsWriter(out_dir, resume_step=step)
     stream = batch_stream(train_pairs, sampler, epoch, position, collate_fn)
     from tqdm.auto import tqdm
 

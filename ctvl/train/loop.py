@@ -7,7 +7,8 @@ trains (:func:`ctvl.train.stages.set_trainable`), which losses have targets, the
 
 Run it with ``ctvl train --config configs/train/<stage>.yaml`` (one process) or under ``torchrun`` /
 ``deepspeed`` (DeepSpeed engine, several ranks). A rerun with the same ``out_dir`` resumes from the
-newest checkpoint: model, optimiser, scheduler, RNG and data position.
+newest checkpoint: model, optimiser, scheduler, RNG and data position; ``metrics.csv`` goes on from
+the checkpoint's step (rows logged after it, before the interruption, are dropped).
 """
 
 from __future__ import annotations
@@ -200,14 +201,49 @@ def evaluate(engine, dataset: VQASurvivalDataset, batch_size: int, pad_id: int) 
     return result
 
 
-class MetricsWriter:
-    """metrics.csv + TensorBoard on rank 0."""
+def truncate_metrics(path: Path, step: int) -> int:
+    """Drop the rows of ``path`` (a metrics.csv) logged after ``step``; returns how many were dropped.
 
-    def __init__(self, out_dir: Path):
+    A run killed between two checkpoints has logged rows past the last one; resumed from it, the run
+    logs those steps again. Rows cut short by the kill (not one field per header column, or no integer
+    step) go too. The file is replaced atomically (temp file + rename), so a second kill leaves the
+    old or the new file, never half of one.
+    """
+    if not path.is_file():
+        return 0
+    with open(path, newline="") as fh:
+        header, *rows = list(csv.reader(fh)) or [[]]
+    if "step" not in header:
+        return 0
+    col = header.index("step")
+    kept = [r for r in rows if len(r) == len(header) and r[col].isdigit() and int(r[col]) <= step]
+    if len(kept) < len(rows):
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", newline="") as fh:
+            csv.writer(fh).writerows([header, *kept])
+        tmp.replace(path)
+    return len(rows) - len(kept)
+
+
+class MetricsWriter:
+    """metrics.csv + TensorBoard on rank 0, continuing a resumed run's file from ``resume_step``.
+
+    Args:
+        out_dir: the run folder.
+        resume_step: step of the checkpoint the run resumed from (0: a fresh run); rows logged after
+            it are dropped (:func:`truncate_metrics`), as the run logs those steps again. The
+            TensorBoard events of those steps are kept, so TensorBoard may draw them twice.
+    """
+
+    def __init__(self, out_dir: Path, resume_step: int):
         self.enabled = is_main_process()
         self.path = out_dir / "metrics.csv"
         self.tb = None
         if self.enabled:
+            dropped = truncate_metrics(self.path, resume_step)
+            if dropped:
+                log.info("%s: dropped %d rows logged after step %d (the checkpoint resumed from)",
+                         self.path, dropped, resume_step)
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -303,7 +339,7 @@ def fit(cfg: RunConfig, progress: bool = True) -> FitResult:
                                 seed=tc.seed, events=events)
     step, epoch, position = resume_latest(engine, out_dir, tc.seed)
     result = FitResult(out_dir, step)
-    metrics = MetricsWriter(out_dir)
+    metrics = MetricsWriter(out_dir, resume_step=step)
     stream = batch_stream(train_ds, sampler, epoch, position, partial(collate, pad_token_id=pad_id))
     from tqdm.auto import tqdm
 

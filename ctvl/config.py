@@ -606,3 +606,47 @@ class RunConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
     """Stage 0 only: text tower and contrastive settings."""
+
+
+# ------------------------------------------------------------------------ tabular
+
+
+@dataclass(frozen=True)
+class TabularConfig:
+    """A survival table for the tabular workflows (``ctvl.data.tabular``): a CSV/Parquet file or a bundled set."""
+
+    table: str = ""
+    """Path of a ``.csv``/``.parquet``/``.pq`` table, one row per patient; empty when ``dataset`` is set."""
+    dataset: Literal["", "gbsg2", "whas500", "aids", "flchain", "veterans"] = ""
+    """A data set shipped with scikit-survival (``aids`` = ACTG320, AIDS endpoint); empty when ``table`` is set."""
+    time: str = "time"
+    """Time column of ``table`` (event or censoring time, finite and >= 0)."""
+    event: str = "event"
+    """Event column of ``table`` (0/1 or True/False)."""
+    id_column: str = ""
+    """Patient id column of ``table``; empty: ``case_id`` when present, else the row number."""
+    drop: tuple[str, ...] = ()
+    """Columns left out of the covariates (e.g. a target leak)."""
+    categorical: tuple[str, ...] = ()
+    """Numeric columns to treat as categorical codes (text and category columns always are)."""
+    encoding: Literal["auto", "onehot", "ordinal"] = "auto"
+    """Categorical encoding: "auto" = ordinal for ordered categoricals, one-hot otherwise."""
+    drop_first: bool = False
+    """Drop the first level of each one-hot block (no collinear columns for an unpenalised Cox model)."""
+    missing_indicators: bool = False
+    """Add a 0/1 column "<name>=<missing>" after each imputed column that has missing cells at fit."""
+    test_fraction: float = 0.2
+    """Share of the rows in the test split (stratified on the event)."""
+    validation_fraction: float = 0.0
+    """Share of the rows in the validation split; 0 = none."""
+    seed: int = 0
+    """Seed of the split."""
+
+    def __post_init__(self):
+        if self.table and self.dataset:
+            raise ValueError(f"set one of `--tabular.table` and `--tabular.dataset`, got both "
+                             f"({self.table!r}, {self.dataset!r})")
+        fractions = (self.test_fraction, self.validation_fraction)
+        if not (all(0 <= f < 1 for f in fractions) and sum(fractions) < 1):
+            raise ValueError(f"`--tabular.test_fraction` and `--tabular.validation_fraction` must be in [0, 1) "
+                             f"with a sum < 1, got {fractions}")

@@ -13,6 +13,11 @@ Entry points (all importable from ``ctvl.survival``):
 - metrics (:mod:`ctvl.survival.metrics`, imported on first use): ``harrell_c``, ``uno_c``, ``antolini_c``,
   ``brier_score``, ``integrated_brier_score``, ``cumulative_dynamic_auc``, ``kaplan_meier``, ``logrank_test``,
   ``risk_groups``.
+- linear Cox model (:mod:`ctvl.survival.baselines`, imported on first use): ``fit_coxph``, ``CoxPHModel``;
+  its closed-form derivatives ``linear_cox_derivatives`` (:mod:`ctvl.survival.cox`).
+
+The Cox and DeepHit losses take per-sample ``weight`` (inverse propensity weighting). Tables and their
+encoder live in the data layer (:mod:`ctvl.data.tabular`), which imports this package, never the reverse.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ctvl.survival.heads import (
     survival_frame,
     survival_from_logits,
 )
+from ctvl.survival.cox import linear_cox_derivatives
 from ctvl.survival.losses import (
     alignment_loss,
     deephit_loss,
@@ -50,9 +56,11 @@ _METRICS = (
     "logrank_test",
     "risk_groups",
 )
+_BASELINES = ("fit_coxph", "CoxPHModel")
 
 __all__ = [
     "neg_partial_log_likelihood",
+    "linear_cox_derivatives",
     "deephit_loss",
     "dispersion_loss",
     "dispersion_loss_discrete",
@@ -70,6 +78,7 @@ __all__ = [
     "gather_survival_batch",
     "is_distributed",
     *_METRICS,
+    *_BASELINES,
 ]
 
 
@@ -77,4 +86,6 @@ def __getattr__(name: str):
     # Metrics load lazily: they pull in more dependencies than training needs.
     if name in _METRICS:
         return getattr(importlib.import_module("ctvl.survival.metrics"), name)
+    if name in _BASELINES:
+        return getattr(importlib.import_module("ctvl.survival.baselines"), name)
     raise AttributeError(f"module 'ctvl.survival' has no attribute {name!r}")

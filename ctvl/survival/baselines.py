@@ -4,9 +4,13 @@ Entry points:
 
 - :func:`fit_and_score` — fit one baseline on a training split, predict the test split, score it.
 - :func:`run_baselines` — every baseline on the same split; a dict of score dicts.
-- :func:`load_reference_dataset` — the data sets shipped with scikit-survival (GBSG2, WHAS500,
-  ACTG320 = ``aids``, FLChain) as a float feature matrix, for reproducing the reference table in
-  ``/work/shared/ANCHORS.md``.
+- :func:`fit_coxph` — the linear Cox model (Newton-Raphson on :func:`neg_partial_log_likelihood`, optional
+  ridge penalty and sample weights) as a :class:`CoxPHModel` with a Breslow baseline, saved as plain JSON:
+  the ``coxph`` baseline and the teacher of the tabular workflows.
+
+The data sets shipped with scikit-survival (GBSG2, WHAS500, ACTG320 = ``aids``, FLChain) come as matrices
+from :func:`ctvl.data.tabular.load_reference_dataset` (the data layer reads tables; this module does not
+import it), for reproducing the reference table in ``/work/shared/ANCHORS.md``.
 
 Features can be clinical covariates, text or image embeddings, or several of these: pass a list of
 (n, d_k) matrices and they are concatenated. Missing cells are filled with the training median, then
@@ -18,7 +22,8 @@ the mean cumulative/dynamic AUC, and the integrated Brier score where the model 
 curves (all four do). DeepHit has no scalar risk; it is ranked by minus its restricted mean
 survival time over the discretisation grid.
 
-CoxPH and the forest come from scikit-survival (optional dependency ``ctvl[survival-refs]``);
+The forest comes from scikit-survival (optional dependency ``ctvl[survival-refs]``); CoxPH is
+:func:`fit_coxph` (its coefficients equal scikit-survival's ``CoxPHSurvivalAnalysis``, tested);
 DeepSurv and DeepHit are torch MLPs trained with :func:`ctvl.survival.losses.neg_partial_log_likelihood`
 and :func:`ctvl.survival.losses.deephit_loss`.
 """
@@ -27,11 +32,12 @@ from __future__ import annotations
 
 import logging
 import time as _time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from ctvl.survival.cox import linear_cox_derivatives
 from ctvl.survival.discretize import TimeDiscretizer
 from ctvl.survival.heads import BreslowEstimator, CoxHead, DeepHitHead, survival_from_logits
 from ctvl.survival.losses import deephit_loss, neg_partial_log_likelihood
@@ -45,7 +51,7 @@ from ctvl.survival.metrics import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BASELINES", "fit_and_score", "load_reference_dataset", "run_baselines"]
+__all__ = ["BASELINES", "CoxPHModel", "fit_and_score", "fit_coxph", "run_baselines"]
 
 BASELINES = ("coxph", "deepsurv", "deephit", "rsf")
 """Names accepted by :func:`fit_and_score`."""
@@ -93,13 +99,8 @@ def _step(grid: np.ndarray, values: np.ndarray, times: np.ndarray, before: float
 
 
 def _coxph(X, event, time, X_test, times, seed, alpha: float = 1e-2):
-    from sksurv.linear_model import CoxPHSurvivalAnalysis
-    from sksurv.util import Surv
-
-    model = CoxPHSurvivalAnalysis(alpha=alpha, ties="efron").fit(X, Surv.from_arrays(event, time))
-    breslow = BreslowEstimator().fit(model.predict(X), event, time)
-    risk = model.predict(X_test)
-    return risk, breslow.predict_survival(risk, times)
+    model = fit_coxph(X, event, time, alpha=alpha, ties="efron")
+    return model.predict_log_hazard(X_test), model.predict_survival(X_test, times)
 
 
 def _rsf(X, event, time, X_test, times, seed, n_estimators: int = 100, min_samples_leaf: int = 15,
@@ -243,29 +244,147 @@ def run_baselines(X_train, y_train, X_test, y_test, names: Sequence[str] = BASEL
             for name in names}
 
 
-def load_reference_dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """A data set shipped with scikit-survival as ``(X, event, time, feature_names)``.
+# ------------------------------------------------------------------------------------------ CoxPH
 
-    Categorical columns are one-hot encoded (first level dropped); ordinal codes stay numeric.
-    FLChain's ``chapter`` (cause of death, known only for the dead: a target leak) is dropped and its
-    missing ``creatinine`` cells stay NaN (:func:`fit_and_score` imputes the training median).
+
+class CoxPHModel:
+    """A fitted linear Cox model :math:`h(x) = x^\\top \\beta` with its Breslow baseline hazard.
+
+    Made by :func:`fit_coxph`; ``to_dict``/``from_dict`` give a plain (JSON/YAML-safe) copy, never a pickle.
+
+    Attributes:
+        coef (np.ndarray): (d,) float64 coefficients :math:`\\beta`.
+        breslow (BreslowEstimator | None): baseline of an unweighted fit; None for a weighted one.
+        ties, alpha, feature_names, n_iter, neg_log_likelihood: how it was fitted (the last one: the
+            summed, unpenalised loss at :math:`\\beta`).
+    """
+
+    def __init__(self, coef, *, ties: str = "efron", alpha: float = 0.0,
+                 feature_names: Sequence[str] | None = None, n_iter: int = 0,
+                 neg_log_likelihood: float = float("nan"), breslow: BreslowEstimator | None = None):
+        self.coef = np.asarray(coef, dtype=np.float64)
+        self.ties, self.alpha, self.n_iter = ties, float(alpha), int(n_iter)
+        self.feature_names = None if feature_names is None else [str(f) for f in feature_names]
+        self.neg_log_likelihood, self.breslow = float(neg_log_likelihood), breslow
+
+    def predict_log_hazard(self, X) -> np.ndarray:
+        """Log relative hazards :math:`x^\\top \\beta`, shape (n,), of the (n, d) matrix ``X``."""
+        X = _features(X)
+        if X.shape[1] != self.coef.size:
+            raise ValueError(f"X has {X.shape[1]} columns, the model {self.coef.size} coefficients")
+        return X @ self.coef
+
+    def predict_survival(self, X, times) -> np.ndarray:
+        """Survival :math:`S(t \\mid x)` at ``times`` (T,), shape (n, T) (needs the Breslow baseline)."""
+        if self.breslow is None:
+            raise ValueError("this CoxPHModel has no Breslow baseline (weighted fits have none yet)")
+        return self.breslow.predict_survival(self.predict_log_hazard(X), times)
+
+    def to_dict(self) -> dict[str, Any]:
+        base = None if self.breslow is None else {"times": self.breslow.unique_times_.tolist(),
+                                                  "cum_hazard": self.breslow.cum_baseline_hazard_.tolist()}
+        return {"format": "ctvl.CoxPHModel", "version": 1, "coef": self.coef.tolist(), "ties": self.ties,
+                "alpha": self.alpha, "feature_names": self.feature_names, "n_iter": self.n_iter,
+                "neg_log_likelihood": self.neg_log_likelihood, "baseline": base}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> CoxPHModel:
+        if state.get("format") != "ctvl.CoxPHModel" or state.get("version") != 1:
+            raise ValueError(f"not a ctvl.CoxPHModel version 1 state: {state.get('format')!r}")
+        breslow = None
+        if state["baseline"] is not None:
+            breslow = BreslowEstimator()
+            breslow.unique_times_ = np.asarray(state["baseline"]["times"], dtype=np.float64)
+            cum_hazard = np.asarray(state["baseline"]["cum_hazard"], dtype=np.float64)
+            # BreslowEstimator has no from-arrays constructor: set the state that fit() leaves (log H_0)
+            with np.errstate(divide="ignore"):
+                breslow._log_cum_hazard = np.log(cum_hazard)
+        return cls(state["coef"], ties=state["ties"], alpha=state["alpha"],
+                   feature_names=state["feature_names"], n_iter=state["n_iter"],
+                   neg_log_likelihood=state["neg_log_likelihood"], breslow=breslow)
+
+
+def fit_coxph(X, event, time, *, weight=None, alpha: float = 0.0, ties: str = "efron", max_iter: int = 100,
+              tol: float = 1e-10, feature_names: Sequence[str] | None = None) -> CoxPHModel:
+    r"""Fit a linear Cox model by Newton-Raphson with step halving.
+
+    Minimises the summed negative partial log-likelihood of
+    :func:`ctvl.survival.losses.neg_partial_log_likelihood` (Breslow or Efron ties, optional weights)
+    plus a ridge penalty:
+
+    .. math::
+
+        \hat\beta = \arg\min_\beta\; -\ell_w(X\beta) + \frac{\alpha}{2} \lVert\beta\rVert^2
+
+    the objective of scikit-survival's ``CoxPHSurvivalAnalysis(alpha)`` (which divides both terms by n)
+    and, with ``weight``, of lifelines' ``CoxPHFitter(weights_col=)`` / R's ``coxph(weights=)`` at
+    ``alpha=0``. Gradient and Hessian in closed form (:func:`ctvl.survival.cox.linear_cox_derivatives`,
+    tested against autograd through the loss, float64); it stops when an accepted
+    step lowers the objective by less than ``tol`` relative to its size. With ``weight`` the Breslow
+    baseline is not fitted (``breslow=None``): the estimator in :mod:`ctvl.survival.heads` is unweighted.
+
+    References: Cox (1972) JRSS-B 34:187; Efron (1977) JASA 72:557; Breslow (1972) JRSS-B 34:216.
 
     Args:
-        name: ``"gbsg2"``, ``"whas500"``, ``"aids"`` (ACTG320) or ``"flchain"``.
+        X (array-like, float): (n, d) covariates (a list of matrices is concatenated); no NaN.
+        event (array-like, bool): (n,).
+        time (array-like, float): (n,), finite.
+        weight (array-like, float, optional): (n,) per-sample weights >= 0 (e.g. inverse propensity).
+        alpha: ridge penalty >= 0; > 0 makes collinear designs (full one-hot blocks) solvable.
+        ties: ``"efron"`` or ``"breslow"``.
+        max_iter: Newton iterations before giving up (logged as a warning).
+        tol: relative decrease of the objective that counts as converged.
+        feature_names: names of the d columns, kept with the model.
 
     Returns:
-        ``X`` (n, d) float64, ``event`` (n,) bool, ``time`` (n,) float64, column names.
-    """
-    import pandas as pd
-    from sksurv import datasets
+        :class:`CoxPHModel`.
 
-    loaders = {"gbsg2": datasets.load_gbsg2, "whas500": datasets.load_whas500,
-               "aids": datasets.load_aids, "flchain": datasets.load_flchain}
-    if name not in loaders:
-        raise ValueError(f"unknown data set {name!r}; choose from {sorted(loaders)}")
-    X, y = loaders[name]()
-    if name == "flchain":
-        X = X.drop(columns="chapter")
-    X = pd.get_dummies(X, drop_first=True, dtype=float)
-    event, time = check_survival(y[y.dtype.names[0]], y[y.dtype.names[1]])
-    return X.to_numpy(np.float64), event, time, list(X.columns)
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.normal(size=(200, 2))
+        >>> time = rng.exponential(np.exp(-X @ np.array([1.0, -0.5])))
+        >>> model = fit_coxph(X, np.ones(200, bool), time)
+        >>> np.round(model.coef, 2)
+        array([ 1.03, -0.54])
+    """
+    X = _features(X)
+    event, time = check_survival(event, time)
+    if X.shape[0] != time.size or np.isnan(X).any():
+        raise ValueError(f"X must be a finite (n, d) matrix with n = {time.size}, got shape {X.shape}")
+    if alpha < 0:
+        raise ValueError(f"`alpha` must be >= 0, got {alpha}")
+    w = None if weight is None else np.asarray(weight, dtype=np.float64)
+
+    def objective(beta: np.ndarray, derivatives: bool = False):
+        loss, grad, hessian = linear_cox_derivatives(X, event, time, beta, ties=ties, weight=w,
+                                                     derivatives=derivatives)
+        loss += 0.5 * alpha * float(beta @ beta)
+        return (loss, grad + alpha * beta, hessian + alpha * np.eye(beta.size)) if derivatives else loss
+
+    beta = np.zeros(X.shape[1])
+    loss = objective(beta)
+    for n_iter in range(1, max_iter + 1):
+        _, grad, hessian = objective(beta, derivatives=True)
+        try:
+            step = np.linalg.solve(hessian, grad)
+        except np.linalg.LinAlgError:
+            raise ValueError("singular Hessian in fit_coxph: collinear or constant columns; use `alpha` > 0 "
+                             "or drop a level of each one-hot block") from None
+        for _ in range(30):  # step halving until the objective does not increase
+            candidate = beta - step
+            new_loss = objective(candidate)
+            if new_loss <= loss:
+                break
+            step = step / 2
+        else:
+            break  # no descent left at machine precision
+        beta, decrease, loss = candidate, loss - new_loss, new_loss
+        if decrease <= tol * max(abs(loss), 1.0):
+            break
+    else:
+        logger.warning("fit_coxph did not converge in %d iterations (separated data? try `alpha` > 0)",
+                       max_iter)
+    coef = beta
+    breslow = BreslowEstimator().fit(X @ coef, event, time) if weight is None else None
+    return CoxPHModel(coef, ties=ties, alpha=alpha, feature_names=feature_names, n_iter=n_iter,
+                      neg_log_likelihood=loss - 0.5 * alpha * float(coef @ coef), breslow=breslow)

@@ -1,8 +1,9 @@
 r"""Gather survival batches across data-parallel ranks, with gradients: the Cox loss sees the global risk set.
 
 Entry points: :func:`gather_with_grad` (any tensor, autograd-aware all-gather) and
-:func:`gather_survival_batch` (``log_hz, event, time`` in one call). Both are the identity when
-``torch.distributed`` is not initialised or has a single rank, so the same training code runs in one process.
+:func:`gather_survival_batch` (``log_hz, event, time`` and optional per-sample ``weight`` in one call). Both
+are the identity when ``torch.distributed`` is not initialised or has a single rank, so the same training code
+runs in one process.
 
 Why: the partial likelihood of a sample depends on every sample in its risk set. With per-rank micro-batches
 of a few CT volumes, a rank-local Cox loss sees tiny risk sets (often no event at all). Gathering gives every
@@ -94,25 +95,34 @@ def gather_with_grad(tensor: torch.Tensor, group=None) -> torch.Tensor:
 
 
 def gather_survival_batch(
-    log_hz: torch.Tensor, event: torch.Tensor, time: torch.Tensor, group=None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gather ``(log_hz, event, time)`` from all ranks; gradients flow back into ``log_hz`` only.
+    log_hz: torch.Tensor, event: torch.Tensor, time: torch.Tensor, group=None, *,
+    weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Gather ``(log_hz, event, time)`` and optional ``weight`` from all ranks.
+
+    Gradients flow back into ``log_hz`` and, when it requires one, into ``weight``; never into ``time``.
 
     Args:
         log_hz (torch.Tensor, float): shape (B,) or (B, 1) on this rank.
         event (torch.Tensor, bool): shape (B,).
         time (torch.Tensor, float): shape (B,).
         group: process group (default: the world).
+        weight (torch.Tensor, float, optional): per-sample weights, shape (B,) (e.g. inverse propensity
+            weights for the weighted Cox loss).
 
     Returns:
-        tuple: ``(log_hz, event, time)`` of the global batch, in rank order; ``event`` stays bool.
+        tuple: ``(log_hz, event, time)`` of the global batch, in rank order, ``event`` still bool; with
+        ``weight`` given, ``(log_hz, event, time, weight)``.
 
     Example (a training step; ``neg_partial_log_likelihood`` from :mod:`ctvl.survival.losses`)::
 
         log_hz, event, time = gather_survival_batch(out.log_hz, batch["event"], batch["time"])
         loss = neg_partial_log_likelihood(log_hz, event, time)  # the same global loss on every rank
+        log_hz, event, time, w = gather_survival_batch(out.log_hz, event, time, weight=batch["weight"])
+        loss = neg_partial_log_likelihood(log_hz, event, time, weight=w)  # weighted (IPW) global loss
     """
     if not is_distributed(group):
-        return log_hz, event, time
+        return (log_hz, event, time) if weight is None else (log_hz, event, time, weight)
     event_all = gather_with_grad(event.to(torch.uint8), group).bool()  # bool collectives vary by backend
-    return gather_with_grad(log_hz, group), event_all, gather_with_grad(time.detach(), group)
+    out = (gather_with_grad(log_hz, group), event_all, gather_with_grad(time.detach(), group))
+    return out if weight is None else (*out, gather_with_grad(weight, group))

@@ -5,6 +5,8 @@ Entry points:
 - :func:`neg_partial_log_likelihood` -- Cox / DeepSurv loss (Breslow or Efron ties), O(n log n);
   defined in :mod:`ctvl.survival.cox`.
 - :func:`deephit_loss` -- single-risk DeepHit likelihood over K time bins, plus the optional ranking term.
+
+Both likelihoods (Cox and DeepHit) take optional per-sample ``weight`` (inverse propensity weighting).
 - :func:`dispersion_loss` / :func:`dispersion_loss_discrete` -- spread the latents of uncensored patients
   by survival time (continuous) or by time bin (discrete).
 - :func:`alignment_loss` -- ties the survival latent to the pooled decoder state.
@@ -40,8 +42,9 @@ def deephit_loss(
     rank_weight: float = 0.0,
     sigma: float = 0.1,
     reduction: str = "mean",
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    r"""Single-risk DeepHit loss: discrete-time likelihood plus the optional ranking term.
+    r"""Single-risk DeepHit loss: discrete-time likelihood plus the optional ranking term; optional weights.
 
     The K logits give K+1 probabilities :math:`p = \operatorname{softmax}([\phi_0, \dots, \phi_{K-1}, 0])`:
     mass in the K bins and, with a logit fixed at 0, the mass "beyond the last cut" (pycox's ``pad_col``
@@ -65,6 +68,18 @@ def deephit_loss(
     uses ``log_softmax``/``logsumexp`` (no ``eps``; pycox's ``nll_pmf`` adds 1e-7 inside its logs). The
     ranking term builds an N x N matrix (a batch); it is skipped when ``rank_weight == 0``.
 
+    With per-sample weights :math:`w_i \ge 0` (``weight``, e.g. inverse propensity weights) each patient
+    counts :math:`w_i` times and each pair :math:`w_i w_j` times:
+
+    .. math::
+
+        \mathcal{L}^w = \frac{\sum_i w_i \big[\ell_i + \alpha\, r_i\big]}{\sum_i w_i}, \qquad
+        r_i = \frac{\sum_j w_j A_{ij} \exp\big(-\frac{F_i(k(i)) - F_j(k(i))}{\sigma}\big)}{\sum_j w_j}
+
+    with :math:`\ell_i` the bracket of :math:`\mathcal{L}_{\text{nll}}` (negated): weights of 1 give the
+    unweighted loss, integer weights equal replicated rows. ``"sum"`` is :math:`\sum_i w_i [\ell_i +
+    \alpha r_i]` and ``"none"`` its terms; a zero total weight gives 0 with a zero gradient.
+
     Reference: Lee et al. (2018) "DeepHit: a deep learning approach to survival analysis with competing
     risks", AAAI; Kvamme & Borgan (2019) arXiv:1910.06724 (the PMF parametrisation).
 
@@ -76,9 +91,10 @@ def deephit_loss(
         rank_weight: weight :math:`\alpha \ge 0` of the ranking term.
         sigma: scale :math:`\sigma > 0` of the ranking term.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-sample losses, shape (N,)).
+        weight (torch.Tensor, float, optional): per-sample weights :math:`w_i \ge 0`, shape (N,).
 
     Returns:
-        torch.Tensor: scalar loss (or (N,) for ``"none"``).
+        torch.Tensor: scalar loss (or (N,) for ``"none"``, weighted terms when ``weight`` is given).
 
     Example:
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
@@ -90,6 +106,12 @@ def deephit_loss(
         0.855062
         >>> round(deephit_loss(logits, bin_index, event, rank_weight=0.5).item(), 6)
         0.903218
+        >>> weight = torch.tensor([2.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+        >>> rows = torch.tensor([0, 0, 1, 2, 3])  # weight 2 = the first patient twice
+        >>> a = deephit_loss(logits, bin_index, event, rank_weight=0.5, weight=weight)
+        >>> b = deephit_loss(logits[rows], bin_index[rows], event[rows], rank_weight=0.5)
+        >>> bool(torch.isclose(a, b))
+        True
     """
     _check_choice("reduction", reduction, ("mean", "sum", "none"))
     if logits.dim() != 2:
@@ -101,13 +123,21 @@ def deephit_loss(
         raise ValueError(f"`bin_index` must lie in [0, {k - 1}] for {k} logits")
     if rank_weight < 0 or sigma <= 0:
         raise ValueError(f"need `rank_weight` >= 0 and `sigma` > 0, got {rank_weight} and {sigma}")
+    if weight is not None:
+        weight = _as_1d(weight, "weight", n, like=logits).to(logits.dtype)
+        if not bool((torch.isfinite(weight) & (weight >= 0)).all()):
+            raise ValueError("`weight` must be finite and >= 0 (found NaN, inf or a negative value)")
     log_pmf = F.log_softmax(_with_beyond_column(logits), dim=1)  # (N, K+1)
     log_tail = torch.logcumsumexp(log_pmf.flip(1), dim=1).flip(1)  # log sum_{l >= k} p_l
     idx = bin_index[:, None]
     nll = -torch.where(event, log_pmf.gather(1, idx)[:, 0], log_tail.gather(1, idx + 1)[:, 0])
     loss = nll
     if rank_weight > 0:
-        loss = nll + rank_weight * _deephit_rank(log_pmf.exp(), bin_index, event, sigma)
+        loss = nll + rank_weight * _deephit_rank(log_pmf.exp(), bin_index, event, sigma, weight)
+    if weight is not None:
+        loss = weight * loss
+        if reduction == "mean":
+            return loss.sum() / weight.sum().clamp(min=torch.finfo(loss.dtype).tiny)
     if reduction == "none":
         return loss
     return loss.mean() if reduction == "mean" else loss.sum()
@@ -119,16 +149,20 @@ def _with_beyond_column(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _deephit_rank(
-    pmf: torch.Tensor, bin_index: torch.Tensor, event: torch.Tensor, sigma: float
+    pmf: torch.Tensor, bin_index: torch.Tensor, event: torch.Tensor, sigma: float,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-sample DeepHit ranking term (N,): mean over j of A_ij exp(-(F_i(k_i) - F_j(k_i)) / sigma)."""
+    """Per-sample DeepHit ranking term (N,): mean over j (``weight``-weighted) of
+    A_ij exp(-(F_i(k_i) - F_j(k_i)) / sigma)."""
     cdf = pmf.cumsum(1)  # (N, K+1)
     at_ki = cdf[:, bin_index].T  # (i, j): F_j(k(i))
     diff = at_ki.diagonal()[:, None] - at_ki  # F_i(k(i)) - F_j(k(i))
     k_i, k_j = bin_index[:, None], bin_index[None, :]
     comparable = event[:, None] & ((k_i < k_j) | ((k_i == k_j) & ~event[None, :]))
     weighted = torch.where(comparable, torch.exp(-diff / sigma), torch.zeros_like(diff))
-    return weighted.mean(1)
+    if weight is None:
+        return weighted.mean(1)
+    return (weighted @ weight) / weight.sum().clamp(min=torch.finfo(weighted.dtype).tiny)
 
 
 def dispersion_loss(

@@ -12,10 +12,10 @@ import pytest
 
 pytest.importorskip("sksurv")
 
+from ctvl.data.tabular import load_reference_dataset  # noqa: E402  (the data layer reads the tables)
 from ctvl.survival.baselines import (  # noqa: E402
     BASELINES,
     fit_and_score,
-    load_reference_dataset,
     run_baselines,
 )
 
@@ -120,3 +120,53 @@ def test_bad_arguments_raise():
         fit_and_score("coxph", X_train[:, :3], y_train, X_test, y_test)
     with pytest.raises(ValueError, match="not being run"):
         run_baselines(X_train, y_train, X_test, y_test, names=["coxph"], model_kwargs={"rsf": {}})
+
+
+# ------------------------------------------------------------------------------------ fit_coxph
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_fit_coxph_equals_scikit_survival(ties):
+    """The Newton fit on ctvl's own loss lands on scikit-survival's ridge Cox coefficients."""
+    from sksurv.linear_model import CoxPHSurvivalAnalysis
+    from sksurv.util import Surv
+
+    from ctvl.survival.baselines import fit_coxph
+
+    X_train, (e, t), X_test, _ = split("whas500")
+    mean, std = X_train.mean(0), X_train.std(0)
+    X = (X_train - mean) / std
+    ours = fit_coxph(X, e, t, alpha=1e-2, ties=ties)
+    theirs = CoxPHSurvivalAnalysis(alpha=1e-2, ties=ties).fit(X, Surv.from_arrays(e, t))
+    np.testing.assert_allclose(ours.coef, theirs.coef_, rtol=0, atol=1e-10)
+    X_new = (X_test - mean) / std
+    np.testing.assert_allclose(ours.predict_log_hazard(X_new), theirs.predict(X_new), rtol=0, atol=1e-9)
+    times = np.quantile(t, [0.2, 0.5, 0.8])
+    sksurv_surv = np.array([f(times) for f in theirs.predict_survival_function(X_new)])
+    np.testing.assert_allclose(ours.predict_survival(X_new, times), sksurv_surv, rtol=1e-9)
+
+
+def test_coxph_model_round_trips_through_json_and_checks_inputs():
+    import json
+
+    from ctvl.survival.baselines import CoxPHModel, fit_coxph
+
+    X_train, (e, t), X_test, _ = split("gbsg2")
+    X_train = (X_train - X_train.mean(0)) / X_train.std(0)
+    model = fit_coxph(X_train, e, t, feature_names=[f"x{i}" for i in range(X_train.shape[1])])
+    assert model.n_iter < 20 and model.neg_log_likelihood > 0
+    again = CoxPHModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    times = np.array([-1.0, 100.0, 1000.0, 1e5])  # before the first time, inside, after the last
+    rows = X_train[:5]
+    np.testing.assert_array_equal(again.predict_log_hazard(rows), model.predict_log_hazard(rows))
+    np.testing.assert_allclose(again.predict_survival(rows, times), model.predict_survival(rows, times),
+                               rtol=1e-14)
+    assert again.feature_names == model.feature_names and again.to_dict() == model.to_dict()
+    weighted = fit_coxph(X_train, e, t, weight=np.full(t.size, 2.0))
+    np.testing.assert_allclose(weighted.coef, model.coef, rtol=0, atol=1e-9)  # constant weights: same fit
+    with pytest.raises(ValueError, match="no Breslow baseline"):
+        weighted.predict_survival(X_train, times)
+    with pytest.raises(ValueError, match="singular Hessian"):
+        fit_coxph(np.hstack([X_train, X_train[:, :1]]), e, t)  # a duplicated column
+    with pytest.raises(ValueError, match="columns"):
+        model.predict_log_hazard(X_train[:, :2])

@@ -467,3 +467,273 @@ def test_alignment_loss():
     assert alignment_loss(a, a).item() == 0.0
     with pytest.raises(ValueError, match="z_pooled"):
         alignment_loss(a, b[:, :4])
+
+
+# ---------------------------------------------------------------------- Cox: per-sample weights
+
+
+def ref_cox_weighted(log_hz, event, time, weight, ties="efron", reduction="mean"):
+    """Exact weighted partial likelihood of R's coxph / lifelines, looped over distinct event times (float64).
+
+    Each event counts w_i; each Efron (or Breslow, frac = 0) term counts the mean weight of its tied deaths.
+    Samples of weight 0 must be removed beforehand (they would count in d_g here).
+    """
+    total = log_hz.new_zeros(())
+    for t in torch.unique(time[event]):
+        died, at_risk = event & (time == t), time >= t
+        shift = log_hz[at_risk].max().detach()
+        risk_sum = (weight[at_risk] * torch.exp(log_hz[at_risk] - shift)).sum()
+        tie_sum = (weight[died] * torch.exp(log_hz[died] - shift)).sum()
+        d = int(died.sum())
+        mean_w = weight[died].sum() / d
+        total = total + (weight[died] * log_hz[died]).sum()
+        for l in range(d):
+            frac = l / d if ties == "efron" else 0.0
+            total = total - mean_w * (shift + torch.log(risk_sum - frac * tie_sum))
+    return -total / ((weight * event).sum() if reduction == "mean" else 1.0)
+
+
+def make_weights(seed, n, integer=False):
+    g = torch.Generator().manual_seed(100 + seed)
+    if integer:
+        return torch.randint(1, 4, (n,), generator=g).double()
+    return torch.rand(n, generator=g, dtype=torch.float64) * 3 + 0.1
+
+
+FROZEN = [  # values of the unweighted loss before `weight` existed (float.hex), loss and two gradient entries
+    (0, True, 2.0, "efron", "0x1.0a73fb8dfa2ddp+2", "-0x1.2f53c9db8f0a1p-5", "0x1.31e4c2117bc22p-7"),
+    (0, True, 2.0, "breslow", "0x1.177929c488e15p+2", "-0x1.2f44d829952e5p-5", "0x1.4f17b7daba0ccp-8"),
+    (2, False, 2.0, "efron", "0x1.0f4ce35b9ea29p+2", "-0x1.625a35e251a1ap-5", "0x1.4cd7073d5d0ddp-13"),
+    (3, True, 800.0, "efron", "0x1.634aae7c41a03p+9", "-0x1.3b13b13b13b14p-5", "0x1.cafbe84cac22ep-181"),
+    (3, True, 800.0, "breslow", "0x1.637db09eb2829p+9", "-0x1.3b13b13b13b14p-5", "0x1.cafbe84cac22ep-181"),
+]
+
+
+@pytest.mark.parametrize("seed,tied,spread,ties,loss_hex,g0_hex,g7_hex", FROZEN)
+def test_cox_without_weight_is_bit_for_bit_unchanged(seed, tied, spread, ties, loss_hex, g0_hex, g7_hex):
+    """weight=None keeps the old code path: fast path (spread 2) and log-space path (spread 800) alike."""
+    log_hz, event, time = make_cox_data(seed, tied=tied, spread=spread)
+    loss, grad = loss_and_grad(log_hz, event, time, ties=ties)
+    assert (loss.item().hex(), grad[0].item().hex(), grad[7].item().hex()) == (loss_hex, g0_hex, g7_hex)
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("seed,tied", [(0, True), (2, False), (3, True)])
+def test_weighted_cox_equals_exact_reference(ties, reduction, seed, tied):
+    log_hz, event, time = make_cox_data(seed, tied=tied)
+    weight = make_weights(seed, len(time))
+    loss, grad = loss_and_grad(log_hz, event, time, ties=ties, reduction=reduction, weight=weight)
+    ref = log_hz.clone().requires_grad_()
+    ref_loss = ref_cox_weighted(ref, event, time, weight, ties, reduction)
+    ref_loss.backward()
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-12)
+    torch.testing.assert_close(grad, ref.grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_cox_weights_of_one_equal_unweighted(ties):
+    log_hz, event, time = make_cox_data(4)
+    loss, grad = loss_and_grad(log_hz, event, time, ties=ties)
+    ones_loss, ones_grad = loss_and_grad(log_hz, event, time, ties=ties, weight=torch.ones(len(time)))
+    assert ones_loss.item() == pytest.approx(loss.item(), rel=1e-14)
+    torch.testing.assert_close(ones_grad, grad, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_weighted_breslow_equals_row_replication(reduction, tied):
+    """Integer weights = repeated rows for Breslow (not Efron: repeated rows tie with each other)."""
+    log_hz, event, time = make_cox_data(5, tied=tied)
+    weight = make_weights(5, len(time), integer=True)
+    rows = torch.arange(len(time)).repeat_interleave(weight.long())
+    loss, grad = loss_and_grad(log_hz, event, time, ties="breslow", reduction=reduction, weight=weight)
+    x = log_hz.clone().requires_grad_()
+    rep = neg_partial_log_likelihood(x[rows], event[rows], time[rows], ties="breslow", reduction=reduction)
+    rep.backward()
+    assert loss.item() == pytest.approx(rep.item(), rel=1e-13)
+    torch.testing.assert_close(grad, x.grad, rtol=1e-12, atol=1e-14)
+    efron = neg_partial_log_likelihood(log_hz, event, time, ties="efron", reduction=reduction, weight=weight)
+    efron_rep = neg_partial_log_likelihood(log_hz[rows], event[rows], time[rows], ties="efron",
+                                           reduction=reduction)
+    assert efron.item() != pytest.approx(efron_rep.item(), rel=1e-6)  # a replicated event forms a tie group
+
+
+def test_weighted_efron_equals_lifelines():
+    """lifelines' weighted Efron log-likelihood (weights_col, robust=False) at its MLE, and its MLE itself."""
+    lifelines = pytest.importorskip("lifelines")
+    import pandas as pd
+
+    from ctvl.survival.baselines import fit_coxph
+
+    x, event, time = linear_cox_data(0)
+    weight = np.random.default_rng(1).uniform(0.2, 3.0, time.size)
+    frame = pd.DataFrame(x, columns=["a", "b", "c"]).assign(T=time, E=event.astype(int), w=weight)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lifelines suggests robust=True for non-integer weights
+        cph = lifelines.CoxPHFitter().fit(frame, "T", "E", weights_col="w", robust=False,
+                                          fit_options={"precision": 1e-12})  # its default stops ~1e-4 early
+    params = cph.params_.to_numpy()
+    ours = neg_partial_log_likelihood(torch.tensor(x @ params), torch.tensor(event), torch.tensor(time),
+                                      reduction="sum", weight=torch.tensor(weight)).item()
+    assert ours == pytest.approx(-cph.log_likelihood_, rel=1e-12)
+    np.testing.assert_allclose(fit_coxph(x, event, time, weight=weight).coef, params, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("n,tied", [(300, True), (6000, True), (300, False)])
+def test_weighted_cox_fast_path_equals_log_space_path(monkeypatch, ties, reduction, n, tied):
+    log_hz, event, time = many_ties(n, n)
+    if not tied:
+        time = time + torch.rand(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 1e-3
+    weight = make_weights(n, n)
+    loss, grad = loss_and_grad(log_hz, event, time, ties=ties, reduction=reduction, weight=weight)
+    ref_loss, ref_grad = log_space_cox(monkeypatch, log_hz, event, time, ties=ties, reduction=reduction,
+                                       weight=weight)
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-13 * grad.abs().max().item())
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_weighted_cox_extreme_weights_and_log_hazards(ties):
+    """Weights over 1e-200..1e200 and log-hazards of any size stay exact (the spread of h + log w decides)."""
+    log_hz, event, time = make_cox_data(6)
+    weight = 10.0 ** torch.linspace(-200, 200, len(time), dtype=torch.float64)
+    for scale in (1.0, 1000.0):
+        loss = neg_partial_log_likelihood(log_hz * scale, event, time, ties=ties, weight=weight)
+        exact = ref_cox_weighted(log_hz * scale, event, time, weight, ties).item()
+        assert torch.isfinite(loss) and loss.item() == pytest.approx(exact, rel=1e-10)
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_cox_zero_weights_remove_samples(ties):
+    log_hz, event, time = make_cox_data(7)
+    weight = make_weights(7, len(time))
+    weight[::4] = 0.0
+    keep = weight > 0
+    loss, grad = loss_and_grad(log_hz, event, time, ties=ties, weight=weight)
+    kept, kept_grad = loss_and_grad(log_hz[keep], event[keep], time[keep], ties=ties, weight=weight[keep])
+    assert loss.item() == kept.item()
+    assert torch.equal(grad[keep], kept_grad) and torch.equal(grad[~keep], torch.zeros(int((~keep).sum()),
+                                                                                       dtype=grad.dtype))
+    no_events = torch.where(event, torch.zeros_like(weight), weight)  # every event weighs 0: no information
+    assert neg_partial_log_likelihood(log_hz, event, time, ties=ties, weight=no_events).item() == 0.0
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_cox_gradient_reaches_weights_that_require_it(ties):
+    log_hz, event, time = make_cox_data(8)
+    weight = make_weights(8, len(time))
+    w = weight.clone().requires_grad_()
+    neg_partial_log_likelihood(log_hz, event, time, ties=ties, weight=w).backward()
+    ref = weight.clone().requires_grad_()
+    ref_cox_weighted(log_hz, event, time, ref, ties).backward()
+    torch.testing.assert_close(w.grad, ref.grad, rtol=1e-10, atol=1e-13)
+
+
+# ------------------------------------------------------------------- Cox: inputs rejected, both paths
+
+
+def functorch_cox(log_hz, event, time, **kw):
+    """The loss under torch.func.grad: the torch (log-space) branch, as on a GPU."""
+    return torch.func.grad(lambda h: neg_partial_log_likelihood(h, event, time, **kw))(log_hz)
+
+
+@pytest.mark.parametrize("call", [neg_partial_log_likelihood, functorch_cox], ids=["fast_path", "torch_path"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_cox_rejects_non_finite_time_event_and_weight(call, bad):
+    log_hz, event, time = make_cox_data(9)
+    t = time.clone()
+    t[3] = bad
+    with pytest.raises(ValueError, match="`time` must be finite"):
+        call(log_hz, event, t)
+    e = event.double()
+    e[2] = bad
+    with pytest.raises(ValueError, match="`event` must be finite"):
+        call(log_hz, e, time)
+    w = torch.ones(len(time), dtype=torch.float64)
+    w[5] = bad
+    with pytest.raises(ValueError, match="`weight` must be finite and >= 0"):
+        call(log_hz, event, time, weight=w)
+    with pytest.raises(ValueError, match="`weight` must be finite and >= 0"):
+        call(log_hz, event, time, weight=-torch.ones(len(time), dtype=torch.float64))
+    with pytest.raises(ValueError, match="weight"):
+        call(log_hz, event, time, weight=torch.ones(3))
+
+
+def test_cox_rejects_nan_time_also_where_weights_need_a_gradient():
+    log_hz, event, time = make_cox_data(10)
+    time[0] = math.nan
+    with pytest.raises(ValueError, match="`time` must be finite"):
+        neg_partial_log_likelihood(log_hz, event, time, weight=torch.ones(len(time), requires_grad=True))
+
+
+# ------------------------------------------------------------------ closed-form linear Cox derivatives
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_linear_cox_derivatives_equal_autograd_through_the_loss(ties, weighted):
+    from ctvl.survival.cox import linear_cox_derivatives
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 4))
+    beta = rng.normal(size=4) * 0.5
+    time = rng.integers(0, 8, 80).astype(float)
+    event = rng.random(80) < 0.6
+    weight = rng.uniform(0, 2, 80) if weighted else None
+    if weighted:
+        weight[:5] = 0.0
+    loss, grad, hessian = linear_cox_derivatives(x, event, time, beta, ties=ties, weight=weight)
+    tensors = torch.tensor(x), torch.tensor(event), torch.tensor(time)
+    w = None if weight is None else torch.tensor(weight)
+
+    def objective(b):
+        return neg_partial_log_likelihood(tensors[0] @ b, *tensors[1:], ties=ties, reduction="sum", weight=w)
+
+    b = torch.tensor(beta, requires_grad=True)
+    ref = objective(b)
+    assert loss == pytest.approx(ref.item(), rel=1e-13)
+    np.testing.assert_allclose(grad, torch.autograd.grad(ref, b)[0].numpy(), rtol=0, atol=1e-12)
+    ref_hessian = torch.autograd.functional.hessian(objective, torch.tensor(beta)).numpy()
+    np.testing.assert_allclose(hessian, ref_hessian, rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------ DeepHit: weights
+
+
+@pytest.mark.parametrize("rank_weight", [0.0, 0.7])
+def test_weighted_deephit_equals_row_replication_and_ones_equal_unweighted(rank_weight):
+    logits, bin_index, event = make_deephit_data(3)
+    weight = make_weights(3, len(event), integer=True)
+    rows = torch.arange(len(event)).repeat_interleave(weight.long())
+    x = logits.clone().requires_grad_()
+    ours = deephit_loss(x, bin_index, event, rank_weight=rank_weight, weight=weight)
+    ours.backward()
+    y = logits.clone().requires_grad_()
+    rep = deephit_loss(y[rows], bin_index[rows], event[rows], rank_weight=rank_weight)
+    rep.backward()
+    assert ours.item() == pytest.approx(rep.item(), rel=1e-12)
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-10, atol=1e-14)
+    total = deephit_loss(logits, bin_index, event, rank_weight, reduction="sum", weight=weight)
+    rep_total = deephit_loss(logits[rows], bin_index[rows], event[rows], rank_weight, reduction="sum")
+    assert total.item() == pytest.approx(rep_total.item(), rel=1e-12)
+    terms = deephit_loss(logits, bin_index, event, rank_weight, reduction="none", weight=weight)
+    assert terms.shape == (len(event),) and terms.sum().item() == pytest.approx(total.item(), rel=1e-14)
+    ones = deephit_loss(logits, bin_index, event, rank_weight, weight=torch.ones(len(event)))
+    plain = deephit_loss(logits, bin_index, event, rank_weight)
+    assert ones.item() == pytest.approx(plain.item(), rel=1e-14)
+
+
+def test_weighted_deephit_validates_and_zero_total_weight_is_zero():
+    logits, bin_index, event = make_deephit_data(4)
+    x = logits.clone().requires_grad_()
+    zero = deephit_loss(x, bin_index, event, rank_weight=0.5, weight=torch.zeros(len(event)))
+    zero.backward()
+    assert zero.item() == 0.0 and torch.equal(x.grad, torch.zeros_like(x))
+    for bad in (math.nan, -1.0):
+        w = torch.ones(len(event))
+        w[0] = bad
+        with pytest.raises(ValueError, match="`weight` must be finite and >= 0"):
+            deephit_loss(logits, bin_index, event, weight=w)

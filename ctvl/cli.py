@@ -142,13 +142,13 @@ def _synth(args: Namespace) -> int:
 
 def _preprocess(args: Namespace) -> int:
     from ctvl.data.ctrate import load_ctrate
-    from ctvl.data.manifest import load_manifest
     from ctvl.data.preprocess import run_preprocess
 
     if bool(args.manifest) == bool(args.ctrate.root):
         raise SystemExit("give exactly one of --manifest or --ctrate.root")
     ctrate_cfg = _as(CTRateConfig, args.ctrate) if args.ctrate.root else None
-    items = load_manifest(args.manifest) if args.manifest else load_ctrate(ctrate_cfg)
+    # a manifest path: run_preprocess checks it row by row (a bad row goes to errors.csv, the rest run)
+    items = Path(args.manifest) if args.manifest else load_ctrate(ctrate_cfg)
     if ctrate_cfg is not None:  # the manifest later steps (build-vqa, train, predict) read
         from ctvl.data.manifest import write_manifest
 

@@ -5,7 +5,7 @@ Cache layout under ``cache_dir``::
     volumes/<key[:2]>/<key>.npy   one array (1, *roi_size) in cfg.cache_dtype per volume
     index.csv                     case_id, key, path, shape, fingerprint, content_sha256,
                                   source, source_size, source_mtime_ns
-    errors.csv                    case_id, file, stage, reason (failures of the latest run)
+    errors.csv                    case_id, file, stage, reason, location (failures of the latest run)
 
 A key is ``<digest>_<cfg.fingerprint()>``, the digest hashing the volume's file content (a DICOM folder:
 its sorted files' contents), the loader arguments (CT-RATE rescaling) and the transform's name. A changed
@@ -14,7 +14,9 @@ config or input therefore never reuses a stale entry, and keys carry no patient 
 The job is resumable: ``index.csv`` is rewritten atomically (temp file + rename) every few finished
 volumes, each ``.npy`` is written atomically, and a re-run skips every volume whose entry exists, without
 loading it (a volume listed in the index with an unchanged file size and mtime is not even re-hashed). A
-failing volume is recorded in ``errors.csv`` and the job goes on. Volumes are processed by
+failing volume is recorded in ``errors.csv`` and the job goes on, and so is a bad manifest row (stage
+``input``, with its CSV line in ``location``: see :mod:`ctvl.data.manifest`); a missing image file fails
+at stage ``load``, as in ``ctvl predict``. Volumes are processed by
 ``workers`` spawned processes (``workers=0``: in this process); a worker killed by the system (out of
 memory) costs only the volume it was processing.
 
@@ -49,8 +51,9 @@ import pandas as pd
 from ctvl.config import CTRateConfig, PreprocessConfig
 from ctvl.data.ctrate import ctrate_load_kwargs
 from ctvl.data.io import CTVolume, load_volume
-from ctvl.data.manifest import load_manifest, validate_manifest
+from ctvl.data.manifest import check_manifest, load_manifest_rows, record_rejected
 from ctvl.utils.errors import ErrorLog
+from ctvl.utils.processes import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +83,10 @@ class PreprocessSummary:
     n_cached: int
     """Volumes whose cache entry already existed (skipped without loading)."""
     n_failed: int
+    """Failed volumes, rejected manifest rows included."""
     seconds: float
     failed: list[str] = field(default_factory=list)
-    """case_ids of the failures (details in ``errors_path``)."""
+    """case_ids of the failures (details in ``errors_path``; "" for a row without an id)."""
 
     @property
     def index_path(self) -> Path:
@@ -127,7 +131,9 @@ def run_preprocess(
 
     Args:
         items: manifest DataFrame (``case_id``, ``image``; relative paths against the working directory), a
-            :func:`~ctvl.data.ctrate.load_ctrate` frame, or a manifest file path.
+            :func:`~ctvl.data.ctrate.load_ctrate` frame, or a manifest file path. Bad rows (empty or
+            duplicate ids, empty images, ...) are failures in ``errors.csv``, with their location (CSV
+            line, or ``data row N`` of a frame); the other rows run.
         cache_dir: cache folder (created).
         cfg: preprocessing config; its ``fingerprint()`` is part of every key. ``on_unit_range`` and
             ``hu_window`` are passed to :func:`~ctvl.data.io.load_volume`.
@@ -139,21 +145,32 @@ def run_preprocess(
 
     Returns:
         PreprocessSummary with counts; ``index.csv`` lists every cached case, ``errors.csv`` every failure.
+
+    Raises:
+        ValueError: ``items`` cannot be read as a table, or lacks the ``case_id`` or ``image`` column.
     """
     if workers < 0:
         raise ValueError(f"`workers` must be >= 0, got {workers}")
     start = time.perf_counter()
-    df = load_manifest(items) if isinstance(items, (str, os.PathLike)) else validate_manifest(items, "items")
+    from_file = isinstance(items, (str, os.PathLike))
+    rows = load_manifest_rows(items) if from_file else check_manifest(items, "items")
+    df = rows.table
     cache = Path(cache_dir)
     (cache / "volumes").mkdir(parents=True, exist_ok=True)
     errors = ErrorLog(cache / "errors.csv", mode="w")
+    record_rejected(errors, rows.rejected)
+    if rows.rejected:
+        logger.warning("preprocess: %d manifest row(s) rejected (see %s), e.g. %s: %s", len(rows.rejected),
+                       errors.path, rows.rejected[0].location, rows.rejected[0].reason)
     index = _IndexWriter(cache, drop=set(df["case_id"]))
     tasks, n_cached, failed = _plan(df, cache, cfg, ctrate_cfg, transform, index, errors)
-    summary = PreprocessSummary(cache, len(df), 0, n_cached, len(failed), 0.0, failed=failed)
+    failed = [r.case_id for r in rows.rejected] + failed
+    n_items = len(df) + len(rows.rejected)
+    summary = PreprocessSummary(cache, n_items, 0, n_cached, len(failed), 0.0, failed=failed)
     from tqdm.auto import tqdm
 
     bar = tqdm(
-        total=len(df), initial=n_cached + len(failed), disable=not progress, unit="vol", desc="preprocess"
+        total=n_items, initial=n_cached + len(failed), disable=not progress, unit="vol", desc="preprocess"
     )
     try:
         for res in _execute(tasks, workers):
@@ -248,7 +265,8 @@ def _plan(df, cache, cfg, ctrate_cfg, transform, index, errors) -> tuple[list[_T
                 index.add(kept, count=False)
                 n_cached += 1
                 continue
-        load_kwargs = {**loader, "on_unit_range": cfg.on_unit_range, "hu_window": tuple(cfg.hu_window)}
+        load_kwargs = {**loader, "on_unit_range": cfg.on_unit_range, "hu_window": tuple(cfg.hu_window),
+                       "max_voxels": cfg.max_voxels}
         tasks.append(_Task(case_id, image, material, load_kwargs, cfg, str(cache), transform))
     return tasks, n_cached, failed
 
@@ -307,7 +325,9 @@ def _execute(tasks: list[_Task], workers: int) -> Iterator[_Result]:
     while queue or suspects:
         isolate = bool(suspects)
         n = 1 if isolate else workers
-        with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
+        # Workers die with us, even after a kill -9 (else they run on, re-parented to PID 1).
+        with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             yield from _drain(pool, suspects if isolate else queue, 1 if isolate else 2 * n, suspects)
 
 
@@ -341,6 +361,8 @@ def _drain(pool: ProcessPoolExecutor, source: deque, limit: int, suspects: deque
 
 def _process(task: _Task) -> _Result:
     """Hash, then (unless the entry exists) load, transform and save one volume. Never raises."""
+    if not os.path.exists(task.image):  # stage "load", as in ctvl predict
+        return _Result(task, "failed", stage="load", reason=f"no such file or folder: {task.image}")
     stage = "hash"
     try:
         signature = _stat_signature(task.image)

@@ -6,8 +6,10 @@
   file without its suffix; every sub-folder holding files is a DICOM series named after the sub-folder.
   A folder that itself holds the slices of one series is taken as that single series (with a warning).
 
-Duplicate case ids never stop a job: the first is kept, the others are recorded in ``errors.csv``
-(stage ``input``). An input with no case at all raises ``ValueError`` naming it.
+A bad manifest row never stops a job: it is recorded in ``errors.csv`` (stage ``input``, with its
+CSV line, or ``data row N`` of a Parquet file/DataFrame, in ``location``) and the other rows run (see
+:mod:`ctvl.data.manifest`); of rows or volumes sharing a case id the first is kept. An input with no
+case at all, or a manifest without a ``case_id``/``image`` column, raises ``ValueError`` naming it.
 
 Clinical context (:func:`build_contexts`): the sentence of :mod:`ctvl.data.clinical_text`, from a
 clinical table joined on ``case_id`` (or from the manifest's own columns). A case without clinical data
@@ -37,15 +39,15 @@ import torch
 from ctvl.config import ClinicalTextConfig, PreprocessConfig, PromptConfig, RunConfig, load_config
 from ctvl.data.clinical_text import build_clinical_texts, load_clinical_template, template_columns
 from ctvl.data.io import ITK_SUFFIXES, NIFTI_SUFFIXES
-from ctvl.data.manifest import validate_manifest
+from ctvl.data.manifest import RejectedRow, check_manifest, record_rejected
 from ctvl.data.questions import QuestionSet, load_question_set
-from ctvl.data.tables import TABLE_SUFFIXES, read_table
+from ctvl.data.tables import TABLE_SUFFIXES, read_table, read_table_rows
 from ctvl.utils.errors import ErrorLog
+from ctvl.utils.processes import dataloader_worker_init
 
 logger = logging.getLogger(__name__)
 
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
-INPUT_STAGE = "input"
 
 
 @dataclass
@@ -54,55 +56,58 @@ class Inputs:
 
     Attributes:
         cases: DataFrame with ``case_id`` and ``image`` (absolute path), unique ids, input order.
-        table: the manifest's rows (all its columns) when the input was a manifest, else None.
-        duplicates: ``(case_id, file)`` of the rows dropped as duplicates.
+        table: the manifest's usable rows (all its columns) when the input was a manifest, else None.
+        rejected: the manifest rows (or volumes) that are no case: duplicate ids, empty cells, ...
     """
 
     cases: pd.DataFrame
     table: Optional[pd.DataFrame]
-    duplicates: list[tuple[str, str]]
+    rejected: list[RejectedRow]
 
-    def record_duplicates(self, errors: ErrorLog) -> None:
-        for case_id, file in self.duplicates:
-            errors.add(case_id, file, INPUT_STAGE, "duplicate case_id (the first occurrence is used)")
+    @property
+    def duplicates(self) -> list[tuple[str, str]]:
+        """``(case_id, file)`` of every rejected row, duplicate or not (the jobs count them as failed)."""
+        return [(r.case_id, r.image) for r in self.rejected]
+
+    def record_rejected(self, errors: ErrorLog) -> None:
+        """One ``errors.csv`` row (stage ``input``, with the row's location) per rejected row."""
+        record_rejected(errors, self.rejected)
+
+    record_duplicates = record_rejected  # the older name, still called by the jobs
 
 
 def resolve_inputs(inputs: str | os.PathLike | pd.DataFrame) -> Inputs:
     """A manifest file/DataFrame or a folder -> :class:`Inputs`.
 
     Raises:
-        ValueError: the path does not exist, the manifest is invalid (other than duplicate ids), or the
-            folder holds no volume.
+        ValueError: the path does not exist, the manifest cannot be read as a table, lacks the ``case_id``
+            or ``image`` column or has no row, or the folder holds no volume. Bad rows do not raise: they
+            are :attr:`Inputs.rejected`.
     """
     if isinstance(inputs, pd.DataFrame):
-        return _from_table(inputs, "<DataFrame>", None)
+        return _from_table(inputs, None, "<DataFrame>", None)
     path = Path(inputs)
     if path.is_dir():
         return _from_folder(path)
     if not path.is_file():
         raise ValueError(f"input {str(path)!r} does not exist (give a manifest or a folder of volumes)")
     if path.suffix.lower() in TABLE_SUFFIXES:
-        return _from_table(read_table(path, "manifest"), str(path), path.parent)
+        return _from_table(*read_table_rows(path, "manifest"), str(path), path.parent)
     if path.name.lower().endswith(VOLUME_SUFFIXES):
         return _frame([(_case_id(path), str(path.resolve()))], None)
     raise ValueError(f"{path}: not a manifest (.csv/.parquet), a volume or a folder")
 
 
-def _from_table(df: pd.DataFrame, source: str, base_dir: Optional[Path]) -> Inputs:
-    if "case_id" in df.columns:
-        ids = df["case_id"].astype(str).str.strip()
-        dup = ids.duplicated(keep="first") & df["case_id"].notna()
-        dropped = [(cid, str(img)) for cid, img in zip(ids[dup], df.loc[dup].get("image", ids[dup]))]
-        if dropped:
-            logger.warning("%s: %d duplicate case_id row(s) skipped (first kept), e.g. %s",
-                           source, len(dropped), [d[0] for d in dropped[:3]])
-        df = df.loc[~dup]
-    else:
-        dropped = []
-    table = validate_manifest(df, source=source, base_dir=base_dir)
-    if table.empty:
+def _from_table(df: pd.DataFrame, locations: Optional[list[str]], source: str,
+                base_dir: Optional[Path]) -> Inputs:
+    rows = check_manifest(df, source=source, base_dir=base_dir, locations=locations)
+    if df.empty:
         raise ValueError(f"{source}: the manifest has no rows")
-    return Inputs(table[["case_id", "image"]].copy(), table, dropped)
+    if rows.rejected:
+        first = rows.rejected[0]
+        logger.warning("%s: %d row(s) skipped (listed in errors.csv), e.g. %s: %s", source,
+                       len(rows.rejected), first.location, first.reason)
+    return Inputs(rows.table[["case_id", "image"]].copy(), rows.table, rows.rejected)
 
 
 def _case_id(path: Path) -> str:
@@ -151,7 +156,9 @@ def _frame(found: list[tuple[str, str]], table) -> Inputs:
     if dropped:
         logger.warning("%d volume(s) share a case id with an earlier one and are skipped, e.g. %s",
                        len(dropped), dropped[0][1])
-    return Inputs(pd.DataFrame(rows, columns=["case_id", "image"]), table, dropped)
+    rejected = [RejectedRow("", case_id, image, f"duplicate case_id {case_id!r} (the first volume is used)")
+                for case_id, image in dropped]
+    return Inputs(pd.DataFrame(rows, columns=["case_id", "image"]), table, rejected)
 
 
 # ---------------------------------------------------------------------------- model run and settings
@@ -449,5 +456,6 @@ def iter_volume_batches(cases: list[tuple[str, str]], cfg, batch_size: int, work
     if not cases:
         return iter(())
     loader = DataLoader(VolumeDataset(cases, cfg), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=_as_list, prefetch_factor=2 if workers else None)
+                        collate_fn=_as_list, prefetch_factor=2 if workers else None,
+                        worker_init_fn=dataloader_worker_init)  # workers die with us, even after kill -9
     return iter(loader)

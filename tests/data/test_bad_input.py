@@ -1,5 +1,6 @@
-"""Bad inputs: every unusable volume or manifest raises a ValueError naming the file and the reason,
-and patient identifiers from DICOM headers never reach a message or a log line."""
+"""Bad inputs: every unusable volume or manifest raises a ValueError naming the file and the reason
+(a bad manifest row: its CSV line, the header being line 1), and patient identifiers from DICOM headers
+never reach a message or a log line."""
 
 from __future__ import annotations
 
@@ -166,16 +167,16 @@ def _write_manifest(tmp_path, rows, name="manifest.csv"):
     [
         ([{"case_id": "a", "path": "a.nii.gz"}], r"missing required column\(s\) \['image'\]"),
         ([{"case_id": "a", "image": "a.nii.gz"}, {"case_id": "a", "image": "b.nii.gz"}],
-         r"duplicate case_id.*'a'.*rows \[0, 1\]"),
-        ([{"case_id": "a", "image": "a.nii.gz", "time": -1.0, "event": 1}], r"negative `time`.*rows \[0\]"),
+         r"1 invalid row\(s\):\n  line 3: duplicate case_id 'a' \(first at line 2\)$"),
+        ([{"case_id": "a", "image": "a.nii.gz", "time": -1.0, "event": 1}], r"line 2: negative `time` -1$"),
         ([{"case_id": "a", "image": "a.nii.gz", "time": 3.0, "event": 2}],
-         r"`event` must be 0 or 1.*rows \[0\]"),
+         r"line 2: `event` must be 0 or 1, got '2'$"),
         ([{"case_id": "a", "image": "a.nii.gz", "time": "soon", "event": 1}],
-         r"`time` must be numeric.*rows \[0\]"),
+         r"line 2: `time` must be numeric, got 'soon'$"),
         ([{"case_id": "a", "image": "a.nii.gz", "time": 3.0}], r"`time` and `event` go together"),
         ([{"case_id": "a", "image": "a.nii.gz", "time": None, "event": 1}],
-         r"set for both or neither.*rows \[0\]"),
-        ([{"case_id": None, "image": "a.nii.gz"}], r"empty `case_id`.*rows \[0\]"),
+         r"line 2: `time` and `event` must be set for both or neither$"),
+        ([{"case_id": None, "image": "a.nii.gz"}], r"line 2: empty `case_id`$"),
     ],
     ids=["missing_column", "duplicate_id", "negative_time", "bad_event", "text_time", "time_without_event",
          "half_survival", "empty_id"],

@@ -175,8 +175,8 @@ def test_errors_are_logged_and_good_volumes_cached(
     assert (summary.n_processed, summary.n_failed) == (6, 4)
     errors = load_errors(summary.errors_path).set_index("case_id")
     assert sorted(errors.index) == sorted(bad["case_id"]) == sorted(summary.failed)
-    assert errors.loc["bad_missing", "stage"] == "hash"
-    assert (errors.loc[["bad_corrupt", "bad_2d", "bad_gap"], "stage"] == "load").all()
+    # A missing file fails at stage "load", as in ctvl predict.
+    assert (errors.loc[["bad_missing", "bad_corrupt", "bad_2d", "bad_gap"], "stage"] == "load").all()
     assert "missing slices" in errors.loc["bad_gap", "reason"] and str(gap) == errors.loc["bad_gap", "file"]
     assert sorted(load_cache_index(cache)["case_id"]) == sorted(cohort["case_id"])
     text = summary.errors_path.read_text() + summary.index_path.read_text() + " ".join(_npy_files(cache))

@@ -79,9 +79,7 @@ class PreprocessConfig:
         """Short hash of every field that can change outputs: part of each cache key, so a changed config
         never reuses entries. Fields marked ``metadata={"fingerprint": False}`` (limits such as
         ``max_voxels``) are left out, which keeps the keys of caches written before they existed."""
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("fingerprint", True)}
-        payload = json.dumps(values, sort_keys=True, default=str)  # the payload config_hash() builds
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return config_hash(self, exclude=[f.name for f in fields(self) if not f.metadata.get("fingerprint", True)])
 
 
 @dataclass(frozen=True)
@@ -413,9 +411,11 @@ class CTVLConfig:
 # ------------------------------------------------------------------------ helpers
 
 
-def config_hash(cfg: Any, length: int = 16) -> str:
-    """Stable hash of a (nested) dataclass's values, for cache keys and provenance."""
-    payload = json.dumps(to_dict(cfg), sort_keys=True, default=str)
+def config_hash(cfg: Any, length: int = 16, exclude=()) -> str:
+    """Stable hash of a (nested) dataclass's values, for cache keys and provenance; ``exclude``: top-level
+    fields left out."""
+    values = {k: v for k, v in to_dict(cfg).items() if k not in exclude}
+    payload = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:length]
 
 

@@ -207,7 +207,7 @@ def run_generate(model_dir: str | os.PathLike, inputs, out_dir: str | os.PathLik
     out.mkdir(parents=True, exist_ok=True)
     resolved = resolve_inputs(inputs)
     errors = ErrorLog(out / "errors.csv", mode="w")
-    resolved.record_duplicates(errors)
+    resolved.record_rejected(errors)
     run = load_model_run(model_dir, device)
     questions = resolve_questions(questions, run)
     cfg = resolve_preprocess(preprocess_cfg, run.run_cfg)
@@ -220,8 +220,8 @@ def run_generate(model_dir: str | os.PathLike, inputs, out_dir: str | os.PathLik
     todo = [(c, f) for c, f in zip(cases["case_id"], cases["image"]) if c not in done]
     contexts = model_contexts(run, [c for c, _ in todo], clinical_template, clinical=clinical,
                               table=resolved.table, allow_missing_context=allow_missing_context)
-    summary = GenerateSummary(out, len(cases), 0, len(cases) - len(todo), len(resolved.duplicates), 0.0,
-                              failed=[c for c, _ in resolved.duplicates])
+    summary = GenerateSummary(out, len(cases), 0, len(cases) - len(todo), len(resolved.rejected), 0.0,
+                              failed=[r.case_id for r in resolved.rejected])
     refused = set(contexts.refused)
     for case_id, file in todo:
         if case_id in refused:

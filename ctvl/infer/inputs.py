@@ -64,16 +64,9 @@ class Inputs:
     table: Optional[pd.DataFrame]
     rejected: list[RejectedRow]
 
-    @property
-    def duplicates(self) -> list[tuple[str, str]]:
-        """``(case_id, file)`` of every rejected row, duplicate or not (the jobs count them as failed)."""
-        return [(r.case_id, r.image) for r in self.rejected]
-
     def record_rejected(self, errors: ErrorLog) -> None:
         """One ``errors.csv`` row (stage ``input``, with the row's location) per rejected row."""
         record_rejected(errors, self.rejected)
-
-    record_duplicates = record_rejected  # the older name, still called by the jobs
 
 
 def resolve_inputs(inputs: str | os.PathLike | pd.DataFrame) -> Inputs:

@@ -330,7 +330,7 @@ def run_predict(model_dir: str | os.PathLike, inputs, out_path: str | os.PathLik
     resolved = resolve_inputs(inputs)
     errors = ErrorLog(err_path, mode="w")
     if rank == 0:
-        resolved.record_duplicates(errors)
+        resolved.record_rejected(errors)
     run = load_model_run(model_dir, device)
     questions = resolve_questions(questions, run)
     cfg = resolve_preprocess(preprocess_cfg, run.run_cfg)
@@ -347,8 +347,8 @@ def run_predict(model_dir: str | os.PathLike, inputs, out_path: str | os.PathLik
     summary = PredictSummary(out_path, len(mine), 0, len(mine) - len(todo), 0, contexts.n_without, 0.0,
                              err_path)
     if rank == 0:
-        summary.n_failed = len(resolved.duplicates)
-        summary.failed = [c for c, _ in resolved.duplicates]
+        summary.n_failed = len(resolved.rejected)
+        summary.failed = [r.case_id for r in resolved.rejected]
     refused = set(contexts.refused)
     for case_id, file in todo:
         if case_id in refused:

@@ -128,7 +128,7 @@ def test_rows_all_rejected_leave_no_case_but_do_not_raise(tmp_path):
     path.write_text("case_id,image\n,a.nii\nb,\n")
     resolved = resolve_inputs(path)
     assert resolved.cases.empty and [r.location for r in resolved.rejected] == ["line 2", "line 3"]
-    assert resolved.duplicates == [("", "a.nii"), ("b", "")]  # what the jobs count as failed
+    assert [(r.case_id, r.image) for r in resolved.rejected] == [("", "a.nii"), ("b", "")]  # counted as failed
 
 
 # ------------------------------------------------------------------------------ errors.csv

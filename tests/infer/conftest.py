@@ -6,6 +6,7 @@ Fixtures:
     cox_model: path of the stage-2 model directory (``runs/stage2/model``, ``run_config.yaml`` beside it).
     deephit_model: path of a random-init DeepHit model directory with ``time_bins.json``.
     template: the synthetic cohort's clinical-text template.
+    write_subset: the first rows of the cohort's manifest as a manifest of their own (a helper).
     one_torch_thread (autouse): torch runs single-threaded inside these modules.
 """
 
@@ -84,6 +85,15 @@ def deephit_model(cohort, cox_model, tmp_path_factory) -> Path:
     cuts = disc.fit(train["time"].to_numpy(), train["event"].to_numpy()).cuts
     (out / "time_bins.json").write_text(json.dumps({"cuts": [float(c) for c in cuts]}))
     return out
+
+
+def write_subset(cohort, folder: Path, n: int) -> tuple[Path, pd.DataFrame]:
+    """The cohort's first ``n`` manifest rows, image paths made absolute, as ``folder/subset.csv``."""
+    manifest = pd.read_csv(cohort.manifest, dtype={"case_id": str}).head(n)
+    manifest["image"] = [str((cohort.manifest.parent / p).resolve()) for p in manifest["image"]]
+    path = folder / "subset.csv"
+    manifest.to_csv(path, index=False)
+    return path, manifest
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,13 @@
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from ctvl.infer.generate import load_answers, run_generate
 from ctvl.infer.predict import load_predictions, run_predict
 
 from ..conftest import TINY_PREPROCESS
+from .conftest import write_subset
 
 QUESTIONS = [("tumor", "What is the location and size of the primary lung tumor?"),
              ("pleura", "Is there any pleural involvement or effusion present?")]
@@ -17,11 +17,7 @@ QUESTIONS = [("tumor", "What is the location and size of the primary lung tumor?
 
 @pytest.fixture(scope="module")
 def subset(cohort, tmp_path_factory):
-    manifest = pd.read_csv(cohort.manifest, dtype={"case_id": str}).head(4)
-    manifest["image"] = [str((cohort.manifest.parent / p).resolve()) for p in manifest["image"]]
-    path = tmp_path_factory.mktemp("gen") / "subset.csv"
-    manifest.to_csv(path, index=False)
-    return path
+    return write_subset(cohort, tmp_path_factory.mktemp("gen"), 4)[0]
 
 
 @pytest.fixture(scope="module")

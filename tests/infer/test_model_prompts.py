@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from ctvl.config import PromptConfig, load_config, save_config
@@ -22,6 +21,7 @@ from ctvl.infer.predict import load_predictions, run_predict
 from ctvl.utils.errors import load_errors
 
 from ..conftest import TINY_PREPROCESS
+from .conftest import write_subset
 
 TWO_QUESTIONS = [("tumor", "What is the location and size of the primary lung tumor?"),
                  ("pleura", "Is there any pleural involvement or effusion present?")]
@@ -30,11 +30,7 @@ TWO_QUESTIONS = [("tumor", "What is the location and size of the primary lung tu
 @pytest.fixture(scope="module")
 def subset(cohort, tmp_path_factory):
     """Six cases of the cohort with absolute image paths."""
-    manifest = pd.read_csv(cohort.manifest, dtype={"case_id": str}).head(6)
-    manifest["image"] = [str((cohort.manifest.parent / p).resolve()) for p in manifest["image"]]
-    path = tmp_path_factory.mktemp("prompts") / "subset.csv"
-    manifest.to_csv(path, index=False)
-    return path, manifest
+    return write_subset(cohort, tmp_path_factory.mktemp("prompts"), 6)
 
 
 @pytest.fixture(scope="module")

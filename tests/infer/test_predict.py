@@ -13,6 +13,7 @@ from ctvl.infer.predict import load_predictions, merge_shards, run_predict
 from ctvl.utils.errors import load_errors
 
 from ..conftest import TINY_PREPROCESS
+from .conftest import write_subset
 
 QIDS = ["tumor", "lymph_nodes", "pleura", "metastases", "vessels", "skeleton"]
 
@@ -23,14 +24,6 @@ def manifest_predictions(cohort, cox_model, template, tmp_path_factory):
     summary = run_predict(cox_model, cohort.manifest, out, clinical_template=str(template), workers=0,
                           batch_size=8, progress=False, save_embeddings=True)
     return summary, load_predictions(out)
-
-
-def _subset(cohort, tmp_path, n):
-    manifest = pd.read_csv(cohort.manifest, dtype={"case_id": str}).head(n)
-    manifest["image"] = [str((cohort.manifest.parent / p).resolve()) for p in manifest["image"]]
-    path = tmp_path / "subset.csv"
-    manifest.to_csv(path, index=False)
-    return path, manifest
 
 
 def test_manifest_gives_one_row_per_case_with_the_mean_risk(manifest_predictions, cohort):
@@ -85,7 +78,7 @@ def test_empty_folder_and_duplicate_manifest_rows(cohort, cox_model, template, t
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no volumes found"):
         run_predict(cox_model, tmp_path / "empty", tmp_path / "x.csv", progress=False)
-    path, manifest = _subset(cohort, tmp_path, 3)
+    path, manifest = write_subset(cohort, tmp_path, 3)
     pd.concat([manifest, manifest.head(1)]).to_csv(path, index=False)
     clinical = manifest.drop(columns=["image"]).iloc[1:]  # the first case has no clinical data
     summary = run_predict(cox_model, path, tmp_path / "dup.csv", clinical=clinical,
@@ -100,7 +93,7 @@ def test_empty_folder_and_duplicate_manifest_rows(cohort, cox_model, template, t
 
 def test_killed_write_leaves_a_complete_file_and_resume_skips_finished_cases(
         cohort, cox_model, manifest_predictions, template, tmp_path, monkeypatch):
-    path, manifest = _subset(cohort, tmp_path, 6)
+    path, manifest = write_subset(cohort, tmp_path, 6)
     out = tmp_path / "resume.csv"
     real_replace, calls = predict_module.os.replace, []
 
@@ -136,7 +129,7 @@ def test_killed_write_leaves_a_complete_file_and_resume_skips_finished_cases(
 def test_shards_merge_to_the_single_process_output(cohort, cox_model, manifest_predictions, template,
                                                    tmp_path):
     summary, single = manifest_predictions
-    path, manifest = _subset(cohort, tmp_path, 6)
+    path, manifest = write_subset(cohort, tmp_path, 6)
     out = tmp_path / "sharded.csv"
     for rank in (0, 1):  # rank 1 loads its volumes in DataLoader worker processes
         run_predict(cox_model, path, out, clinical_template=str(template), shard=(rank, 2),
@@ -156,7 +149,7 @@ def test_shards_merge_to_the_single_process_output(cohort, cox_model, manifest_p
 def test_finished_run_leaves_no_work_folder_and_a_resume_keeps_its_latents(cohort, cox_model,
                                                                           manifest_predictions, tmp_path):
     summary, single = manifest_predictions
-    path, manifest = _subset(cohort, tmp_path, 5)
+    path, manifest = write_subset(cohort, tmp_path, 5)
     out = tmp_path / "pred.csv"
     pd.read_csv(path).head(3).to_csv(tmp_path / "first.csv", index=False)
     run_predict(cox_model, tmp_path / "first.csv", out, workers=0, progress=False, save_embeddings=True)
@@ -170,7 +163,7 @@ def test_finished_run_leaves_no_work_folder_and_a_resume_keeps_its_latents(cohor
 
 
 def test_deephit_writes_survival_probabilities(cohort, deephit_model, tmp_path):
-    path, _ = _subset(cohort, tmp_path, 4)
+    path, _ = write_subset(cohort, tmp_path, 4)
     out = tmp_path / "dh.csv"
     run_predict(deephit_model, path, out, preprocess_cfg=TINY_PREPROCESS, workers=0, progress=False)
     df = load_predictions(out)
@@ -195,7 +188,7 @@ def test_torchrun_two_ranks_merge_into_one_file(cohort, cox_model, manifest_pred
     import sys
 
     _, single = manifest_predictions
-    path, manifest = _subset(cohort, tmp_path, 6)
+    path, manifest = write_subset(cohort, tmp_path, 6)
     out = tmp_path / "launched.csv"
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

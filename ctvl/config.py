@@ -522,6 +522,12 @@ class TrainConfig:
     """AdamW betas."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    lr_groups: tuple[tuple[str, float], ...] = ()
+    """Own learning rates for parts of the model: ``[[name prefix, lr], ...]`` (e.g. ``[[survival., 1e-4]]``);
+    a parameter takes the first prefix its name starts with, the others ``lr``. The schedule scales each."""
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    """"cosine": linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``max_steps``;
+    "constant": the learning rate(s) as set, throughout."""
     warmup_steps: int = 500
     """Linear warm-up steps of the cosine schedule."""
     max_steps: int = 1000
@@ -557,6 +563,11 @@ class TrainConfig:
             raise ValueError(f"`lr` must be > 0, got {self.lr}")
         if self.stage not in ("vqa", "survival", "contrastive"):
             raise ValueError(f"`stage` must be 'vqa', 'survival' or 'contrastive', got {self.stage!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"`lr_schedule` must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        for group in self.lr_groups:
+            if len(group) != 2 or not isinstance(group[0], str) or not float(group[1]) > 0:
+                raise ValueError(f"`lr_groups` entries are [name prefix, lr > 0], got {list(group)!r}")
 
     def global_batch(self, world_size: int) -> int:
         """micro x accumulation x world; raises if ``global_batch_size`` disagrees."""

@@ -125,20 +125,43 @@ def offloads_optimizer(ds_config: Optional[dict]) -> bool:
     return offload.get("device", "none") in ("cpu", "nvme")
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, ds_config: Optional[dict] = None) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters (the paper: betas (0.9, 0.999)).
+def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """The trainable parameters in optimiser groups: one per learning rate x weight decay.
 
-    Parameters named by ``model.no_weight_decay()`` (timm's convention; optional) get no weight decay.
-    With ZeRO-Offload (``ds_config`` offloads the optimizer) DeepSpeed's ``DeepSpeedCPUAdam`` (AdamW mode),
-    which DeepSpeed requires there; its kernel is compiled on first use. Otherwise ``torch.optim.AdamW``.
+    A parameter takes the learning rate of the first ``cfg.lr_groups`` prefix its name starts with
+    (``cfg.lr`` when none does). Parameters named by ``model.no_weight_decay()`` (timm's convention;
+    optional) get no weight decay. Groups keep the order of ``model.named_parameters()``; empty ones
+    are left out.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("no trainable parameters: check set_trainable() for this stage")
     exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    params = [{"params": [p for n, p in named if n not in exempt]},
-              {"params": [p for n, p in named if n in exempt], "weight_decay": 0.0}]
-    params = [g for g in params if g["params"]]
+    rates = [(prefix, float(lr)) for prefix, lr in cfg.lr_groups]
+    unused = [prefix for prefix, _ in rates if not any(n.startswith(prefix) for n, _ in named)]
+    if unused:
+        raise ValueError(f"train.lr_groups prefixes {unused} name no trainable parameter")
+
+    def lr_of(name: str) -> float:
+        return next((lr for prefix, lr in rates if name.startswith(prefix)), cfg.lr)
+
+    groups: dict[tuple[float, bool], list] = {}
+    for lr in [cfg.lr] + [lr for _, lr in rates]:
+        for decayed in (True, False):
+            groups.setdefault((lr, decayed), [])
+    for name, p in named:
+        groups[(lr_of(name), name not in exempt)].append(p)
+    return [{"params": params, "lr": lr, **({} if decayed else {"weight_decay": 0.0})}
+            for (lr, decayed), params in groups.items() if params]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, ds_config: Optional[dict] = None) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (the paper: betas (0.9, 0.999)), grouped by :func:`parameter_groups`.
+
+    With ZeRO-Offload (``ds_config`` offloads the optimizer) DeepSpeed's ``DeepSpeedCPUAdam`` (AdamW mode),
+    which DeepSpeed requires there; its kernel is compiled on first use. Otherwise ``torch.optim.AdamW``.
+    """
+    params = parameter_groups(model, cfg)
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     if offloads_optimizer(ds_config):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
@@ -156,6 +179,9 @@ def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """``cfg.lr_schedule`` as a multiplier of every group's learning rate."""
+    if cfg.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     warmup = min(cfg.warmup_steps, cfg.max_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, warmup, cfg.max_steps))
 

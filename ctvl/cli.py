@@ -213,7 +213,7 @@ def _train(args: Namespace) -> int:
     if cfg.train.stage == "contrastive":
         from ctvl.train.contrastive import fit_contrastive as fit
     else:
-        from ctvl.train.loop import fit
+        from ctvl.train.vlm import fit_vlm as fit
     result = fit(cfg)
     log.info("finished %d steps; outputs in %s", result.steps, result.out_dir)
     return 0
@@ -266,7 +266,7 @@ def _evaluate(args: Namespace) -> int:
 
 
 def _demo(args: Namespace) -> int:
-    from ctvl.demo import run_demo
+    from ctvl.workflows.demo import run_demo
 
     return run_demo(Path(args.out), n_cases=args.n_cases, workers=args.workers, encoder_epochs=args.encoder_epochs,
                     encoder=Path(args.encoder) if args.encoder else None)

@@ -3,7 +3,7 @@
 Both runs use the demo's configuration (configs/train/stage2_tiny.yaml: tiny Merlin-shaped encoder,
 tiny decoder, batch 32) and the same data, in one process one after the other; the only difference
 is ``data.feature_cache`` (read cached encoder maps) versus encoding every volume in every step.
-Times are of the training loop itself (``fit``'s samples/s), without model building or saving.
+Times are of the training loop itself (``fit_vlm``'s samples/s), without model building or saving.
 The cache's own one-off cost (``ctvl encode``) is printed too.
 
     python scripts/bench_feature_cache.py                 # demo cohort (400 cases)
@@ -22,8 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from ctvl.config import RunConfig, SyntheticCohortConfig, load_config
-from ctvl.demo import CONFIGS, prepare_demo_data
-from ctvl.train.loop import fit
+from ctvl.workflows.demo import CONFIGS, prepare_demo_data
+from ctvl.train.vlm import fit_vlm
 
 
 def epoch_time(cfg: RunConfig, out: Path, use_cache: bool) -> tuple[float, int]:
@@ -31,7 +31,7 @@ def epoch_time(cfg: RunConfig, out: Path, use_cache: bool) -> tuple[float, int]:
     data = cfg.data if use_cache else replace(cfg.data, feature_cache="")
     run = replace(cfg, data=data, train=replace(cfg.train, out_dir=str(out), eval_interval=0, save_interval=0,
                                                  use_deepspeed="no"))
-    result = fit(run, progress=False)
+    result = fit_vlm(run, progress=False)
     samples = result.steps * cfg.train.micro_batch_size * cfg.train.grad_accum_steps
     return samples / result.history[-1]["samples_per_s"], result.steps
 

@@ -46,11 +46,11 @@ QUICK = {"demo": dict(SETTINGS["demo"], cases=8),
 
 def make_texts(n: int) -> tuple[list[str], list[str]]:
     """Clinical sentences of a synthetic cohort, and the tokenizer corpus as training builds it (one text
-    per (case, question) pair: context, question, answer; ``ctvl.train.loop.build_model``)."""
+    per (case, question) pair: context, question, answer; ``ctvl.train.vlm.build_model``)."""
     from ctvl.config import SyntheticCohortConfig
     from ctvl.data.clinical_text import build_clinical_texts, load_clinical_template
     from ctvl.data.synthetic import make_cohort
-    from ctvl.demo import CONFIGS
+    from ctvl.workflows.demo import CONFIGS
     from ctvl.infer.inputs import resolve_questions
 
     df, _ = make_cohort(SyntheticCohortConfig(n_cases=max(n, 50), seed=0))

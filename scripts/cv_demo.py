@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ctvl.data.tables import read_table
-from ctvl.demo import ENCODER_EPOCHS
+from ctvl.workflows.demo import ENCODER_EPOCHS
 
 
 def fold_manifests(manifest: pd.DataFrame, folds: int, seed: int) -> list[pd.DataFrame]:
@@ -71,7 +71,7 @@ def run_fold(run: Path, out: Path, manifest: pd.DataFrame, encoder: Path | None,
     output paths are the fold's).
     """
     from ctvl.config import RunConfig, load_config
-    from ctvl.demo import CONFIGS, DemoData, clinical_cox_c_index, pretrain_demo_encoder, train_stages
+    from ctvl.workflows.demo import CONFIGS, DemoData, clinical_cox_c_index, pretrain_demo_encoder, train_stages
     from ctvl.infer.encode import run_encode
     from ctvl.models.vision3d import build_image_encoder
 

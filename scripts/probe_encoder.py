@@ -138,7 +138,7 @@ def probe(run: Path, seed: int = 0, encoder=None) -> dict:
 
     from ctvl.data.synthetic import compute_image_features, load_findings, oracle_c_index
     from ctvl.data.tables import read_table
-    from ctvl.demo import clinical_matrix, split_cox_c_index
+    from ctvl.workflows.demo import clinical_matrix, split_cox_c_index
 
     manifest = read_table(run / "cohort" / "manifest.csv", "manifest")
     findings = read_table(run / "cohort" / "findings.csv", "findings table").set_index("case_id")

@@ -87,8 +87,8 @@ def tiny_model_config(encoder_checkpoint: str, **survival) -> CTVLConfig:
 
 
 def prepare_tiny_cohort(root: Path, n_cases: int, seed: int):
-    """:class:`ctvl.demo.DemoData` of ``n_cases`` synthetic 32^3 volumes at 10 mm (caches, VQA, encoder)."""
-    from ctvl.demo import prepare_demo_data
+    """:class:`ctvl.workflows.demo.DemoData` of ``n_cases`` synthetic 32^3 volumes at 10 mm (caches, VQA, encoder)."""
+    from ctvl.workflows.demo import prepare_demo_data
 
     cohort = SyntheticCohortConfig(n_cases=n_cases, shape=(32, 32, 32), spacing=(10.0, 10.0, 10.0), seed=seed)
     return prepare_demo_data(root, cohort, TINY_PREPROCESS, TINY_VISION, workers=0, progress=False)

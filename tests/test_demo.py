@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ctvl.config import SyntheticCohortConfig
-from ctvl.demo import prepare_demo_data
+from ctvl.workflows.demo import prepare_demo_data
 from ctvl.infer.encode import encoder_fingerprint
 from ctvl.models.vision3d import build_image_encoder, load_merlin_image_encoder
 from ctvl.train.encoder_pretrain import save_merlin_checkpoint

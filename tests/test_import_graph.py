@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "ctvl"
 LAYER = {"config": 0, "utils": 0, "survival": 1, "data": 2, "models": 2, "vqa": 3, "train": 4, "infer": 4,
-         "workflows": 5, "demo": 5, "cli": 6}
+         "workflows": 5, "cli": 6}
 APART = [("data", "models"), ("models", "data"), ("infer", "train"), ("train", "infer")]
 
 
@@ -92,3 +92,26 @@ def test_no_circle_between_areas():
 def test_no_circle_between_modules():
     edges = {m: {d for d in deps if d in GRAPH and d != m} for m, deps in GRAPH.items()}
     assert _cycle(edges) is None
+
+
+def _functions_calling(attr: str) -> set[str]:
+    """``module.function`` of every function (outermost def) in ctvl that calls ``<something>.attr(...)``."""
+    found = set()
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if any(isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute) and c.func.attr == attr
+                   for c in ast.walk(node)):
+                found.add(f"{_module_name(path)}.{node.name}")
+    return found
+
+
+def test_one_training_loop_calls_backward():
+    """Stages 0-2 and encoder pre-training train in ``train.loop.fit``; the engines wrap ``backward``.
+
+    The one other caller is the survival layer's scikit-learn-style DeepSurv/DeepHit baselines
+    (``survival.baselines._train``): the survival layer sits below ``train`` and cannot use its loop.
+    """
+    callers = {f for f in _functions_calling("backward") if not f.startswith("ctvl.train.engine.")}
+    assert callers == {"ctvl.train.loop.fit", "ctvl.survival.baselines._train"}

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -39,15 +38,15 @@ from torch import nn
 
 from ctvl.config import ContrastiveConfig, RunConfig, VisionConfig, from_dict, replace, to_dict
 from ctvl.train.clip_loss import build_clip_loss
-from ctvl.train.engine import build_engine, is_main_process, rank, world_size
+from ctvl.train.engine import build_engine, rank, world_size
 from ctvl.train.loop import (
     FitResult,
-    MetricsWriter,
+    TrainingTask,
     batch_stream,
+    export_pretrained,
+    fit,
     log0,
     require_micro_batch,
-    resume_latest,
-    save_step,
     start_run,
 )
 
@@ -278,39 +277,10 @@ def fit_contrastive(cfg: RunConfig, progress: bool = True) -> FitResult:
 
     sampler = EpochBatchSampler(len(train_pairs), tc.micro_batch_size, rank=rank(), world_size=world_size(),
                                 seed=tc.seed)
-    step, epoch, position = resume_latest(engine, out_dir, tc.seed)
-    result, metrics = FitResult(out_dir, step), MetricsWriter(out_dir, resume_step=step)
-    stream = batch_stream(train_pairs, sampler, epoch, position, collate_fn)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and is_main_process()), desc="train contrastive")
-    engine.train()
-    t0, samples = time.perf_counter(), 0
-    while step < tc.max_steps:
-        loss = 0.0
-        for _ in range(tc.grad_accum_steps):
-            epoch, position, (inputs, meta) = next(stream)
-            out = engine(**inputs)
-            engine.backward(out.loss)
-            engine.step()
-            loss = loss + out.loss.detach()
-            samples += len(meta["case_id"])
-        step += 1
-        bar.update(1)
-        if step % tc.log_interval == 0 or step == tc.max_steps:
-            row = {"step": step, "loss": float(loss) / tc.grad_accum_steps,  # CPU-GPU sync
-                   "logit_scale": float(out.logit_scale), "lr": engine.get_lr(),
-                   "samples_per_s": samples * world_size() / (time.perf_counter() - t0)}
-            result.history.append(row)
-            metrics.write(row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}")
-            t0, samples = time.perf_counter(), 0
-        if tc.eval_interval and (step % tc.eval_interval == 0 or step == tc.max_steps):
-            ev = {"step": step, **evaluate_retrieval(engine, eval_pairs, collate_fn, tc.micro_batch_size)}
-            result.evals.append(ev)
-            log0("step %d eval %s", step, ev)
-        if (tc.save_interval and step % tc.save_interval == 0) or step == tc.max_steps:
-            save_step(engine, model, out_dir, step, epoch, position, cfg, None, name="encoder")
-    bar.close()
-    result.steps = step
-    return result
+    task = TrainingTask(
+        engine=engine, name="train contrastive",
+        batches=lambda epoch, position: batch_stream(train_pairs, sampler, epoch, position, collate_fn),
+        extra_log=lambda out: {"logit_scale": float(out.logit_scale)},
+        evaluate=lambda step: evaluate_retrieval(engine, eval_pairs, collate_fn, tc.micro_batch_size),
+        export=lambda run_dir: export_pretrained(model, run_dir / "encoder"))
+    return fit(task, tc, out_dir, progress)

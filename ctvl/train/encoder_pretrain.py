@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctvl.config import VisionConfig
+from ctvl.config import TrainConfig, VisionConfig
+from ctvl.train.engine import TorchEngine
+from ctvl.train.loop import BatchStream, TrainingTask, fit
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +82,52 @@ class PretrainHistory:
     """1-based epoch whose weights the encoder keeps (the last one without a hold-out)."""
 
 
+class PhenotypeOutput(NamedTuple):
+    loss: torch.Tensor
+    """Scalar :func:`phenotype_loss` of the batch."""
+
+
+class PhenotypeModel(nn.Module):
+    """Encoder + linear phenotype head on globally pooled features:
+    ``(B, 1, x, y, z) -> (B, C, x', y', z') -> mean -> (B, C) -> Linear -> (B, k)`` logits."""
+
+    def __init__(self, encoder: nn.Module, binary: np.ndarray):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.out_channels, len(binary))
+        self.register_buffer("binary", torch.from_numpy(binary), persistent=False)
+
+    def forward(self, image: torch.Tensor, target: torch.Tensor) -> PhenotypeOutput:
+        feats = self.encoder(image.to(torch.float32)).mean(dim=(2, 3, 4))
+        return PhenotypeOutput(phenotype_loss(self.head(feats), target, self.binary))
+
+
+def _epoch_batches(cases: list[str], images: torch.Tensor, targets: torch.Tensor, train_idx: torch.Tensor,
+                   batch_size: int, seed: int, epoch: int, skip: int) -> BatchStream:
+    """Endless stream of shuffled training batches (a seeded permutation per epoch; the last one short)."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epoch):
+        torch.randperm(len(train_idx), generator=g)
+    while True:
+        batches = train_idx[torch.randperm(len(train_idx), generator=g)].split(batch_size)
+        for pos, idx in enumerate(batches):
+            if pos >= skip:
+                yield epoch, pos + 1, ({"image": images[idx], "target": targets[idx]},
+                                       {"case_id": [cases[i] for i in idx.tolist()]})
+        epoch, skip = epoch + 1, 0
+
+
 def pretrain_encoder(encoder: nn.Module, load_image: Callable[[str], np.ndarray], labels: pd.DataFrame, *,
                      epochs: int = 10, batch_size: int = 8, lr: float = 1e-3, seed: int = 0,
                      holdout: float = 0.0, device: str | torch.device = "cpu",
                      progress: bool = True) -> PretrainHistory:
     """Train ``encoder`` (in place) with a linear phenotype head on globally pooled features.
 
-    With ``holdout > 0`` that fraction of the cases (a seeded draw) is kept out of training, scored
-    after every epoch, and the encoder ends with the weights of the epoch with the lowest held-out
-    loss, as a 3D CNN trained on few volumes can memorise its labels before the last epoch.
+    AdamW (weight decay 0.01) at a constant ``lr``, one optimiser step per batch, in ctvl's training
+    loop (``ctvl.train.loop.fit``). With ``holdout > 0`` that fraction of the cases (a seeded draw) is
+    kept out of training, scored after every epoch, and the encoder ends with the weights of the
+    epoch with the lowest held-out loss, as a 3D CNN trained on few volumes can memorise its labels
+    before the last epoch.
 
     Args:
         encoder: ``(B, 1, x, y, z) -> (B, C, x', y', z')`` with an ``out_channels`` attribute; trained in
@@ -102,12 +141,10 @@ def pretrain_encoder(encoder: nn.Module, load_image: Callable[[str], np.ndarray]
     Returns:
         PretrainHistory: losses per epoch and the epoch kept.
     """
-    from tqdm.auto import tqdm
-
     if epochs < 1 or not 0.0 <= holdout < 1.0:
         raise ValueError(f"need epochs >= 1 and a hold-out in [0, 1), got {epochs} and {holdout}")
     values, binary, cols = label_matrix(labels)
-    cases = list(labels.index)
+    cases = [str(c) for c in labels.index]
     order = np.random.default_rng(seed).permutation(len(cases))
     n_held = int(round(holdout * len(cases)))
     if holdout and not 0 < n_held < len(cases):
@@ -115,41 +152,40 @@ def pretrain_encoder(encoder: nn.Module, load_image: Callable[[str], np.ndarray]
     held_idx, train_idx = torch.from_numpy(np.sort(order[:n_held])), torch.from_numpy(np.sort(order[n_held:]))
 
     torch.manual_seed(seed)
-    head = nn.Linear(encoder.out_channels, len(cols))
-    encoder.to(device).requires_grad_(True)
-    head.to(device)
-    optimizer = torch.optim.AdamW(list(encoder.parameters()) + list(head.parameters()), lr=lr)
+    encoder.requires_grad_(True)
+    model = PhenotypeModel(encoder, binary)
+    steps_per_epoch = -(-len(train_idx) // batch_size)
+    tc = TrainConfig(micro_batch_size=batch_size, grad_accum_steps=1, lr=lr, weight_decay=0.01,
+                     lr_schedule="constant", max_steps=epochs * steps_per_epoch, grad_clip=0.0, precision="fp32",
+                     use_deepspeed="no", seed=seed, log_interval=steps_per_epoch, eval_interval=steps_per_epoch,
+                     save_interval=0)
+    engine = TorchEngine(model, tc, device=device)
     images = torch.stack([torch.as_tensor(np.asarray(load_image(c))) for c in cases])
-    targets, is_binary = torch.from_numpy(values).to(device), torch.from_numpy(binary).to(device)
+    targets = torch.from_numpy(values)
+    history, best = PretrainHistory(), {}
 
-    def loss_of(idx: torch.Tensor) -> torch.Tensor:
-        feats = encoder(images[idx].to(device, torch.float32)).mean(dim=(2, 3, 4))  # (B, C, x, y, z)->(B, C)
-        return phenotype_loss(head(feats), targets[idx.to(device)], is_binary)
-
-    g = torch.Generator().manual_seed(seed)
-    history, best_state = PretrainHistory(), None
-    for epoch in tqdm(range(1, epochs + 1), disable=not progress, desc="encoder pre-training", unit="epoch"):
-        encoder.train()
-        total = 0.0
-        for batch in train_idx[torch.randperm(len(train_idx), generator=g)].split(batch_size):
-            loss = loss_of(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-        history.train.append(total / len(train_idx))
-        if n_held:
-            encoder.eval()
-            with torch.no_grad():
-                held_loss = sum(loss_of(b).item() * len(b) for b in held_idx.split(batch_size))
-            history.holdout.append(held_loss / n_held)
-            if history.holdout[-1] <= min(history.holdout):
-                history.best_epoch = epoch
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in encoder.state_dict().items()}
-        else:
+    @torch.no_grad()
+    def end_of_epoch(step: int) -> dict:
+        epoch = step // steps_per_epoch
+        engine.eval()
+        held = sum(float(engine(image=images[b], target=targets[b]).loss) * len(b) for b in held_idx.split(batch_size))
+        engine.train()
+        history.holdout.append(held / n_held)
+        if history.holdout[-1] <= min(history.holdout):
             history.best_epoch = epoch
-    if best_state is not None:
-        encoder.load_state_dict(best_state)
+            best["state"] = {k: v.detach().to("cpu", copy=True) for k, v in encoder.state_dict().items()}
+        return {"holdout_loss": history.holdout[-1]}
+
+    task = TrainingTask(
+        engine=engine, name="encoder pre-training", evaluate=end_of_epoch if n_held else None,
+        batches=lambda epoch, position: _epoch_batches(cases, images, targets, train_idx, batch_size, seed,
+                                                       epoch, position))
+    result = fit(task, tc, out_dir=None, progress=progress)
+    history.train = [row["loss"] for row in result.history]
+    if not n_held:
+        history.best_epoch = epochs
+    if "state" in best:
+        encoder.load_state_dict(best["state"])
     encoder.requires_grad_(False)
     encoder.eval()
     held_note = f", held-out loss {history.holdout[0]:.4f} -> {min(history.holdout):.4f}" if n_held else ""

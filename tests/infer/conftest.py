@@ -2,7 +2,7 @@
 and a random-init DeepHit model saved with its time bins.
 
 Fixtures:
-    cohort: :class:`ctvl.demo.DemoData` of 30 synthetic 32^3 volumes (caches, VQA pairs, encoder checkpoint).
+    cohort: :class:`ctvl.workflows.demo.DemoData` of 30 synthetic 32^3 volumes (caches, VQA pairs, encoder checkpoint).
     cox_model: path of the stage-2 model directory (``runs/stage2/model``, ``run_config.yaml`` beside it).
     deephit_model: path of a random-init DeepHit model directory with ``time_bins.json``.
     template: the synthetic cohort's clinical-text template.
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from ctvl.config import RunConfig, TrainConfig, replace
-from ctvl.demo import CONFIGS
+from ctvl.workflows.demo import CONFIGS
 
 from ..conftest import TINY_PREPROCESS, prepare_tiny_cohort, tiny_model_config
 
@@ -43,7 +43,7 @@ def cohort(tmp_path_factory):
 
 
 def _fit(cohort, model_cfg, out_dir: Path, stage: str, **train):
-    from ctvl.train.loop import fit
+    from ctvl.train.vlm import fit_vlm as fit
 
     base = dict(out_dir=str(out_dir), micro_batch_size=8, grad_accum_steps=1, lr=3e-3, warmup_steps=1,
                 max_steps=3, log_interval=3, eval_interval=0, save_interval=0, use_deepspeed="no")

@@ -140,7 +140,7 @@ def test_saved_towers_reproduce_the_evaluation(stage0):
 @NEEDS_OPEN_CLIP
 def test_stage1_starts_from_the_stage0_encoder(stage0, tiny_data, tiny_model_cfg):
     from ctvl.data.datasets import load_vqa_pairs
-    from ctvl.train.loop import build_model
+    from ctvl.train.vlm import build_model
 
     _, result = stage0
     path = result.out_dir / "encoder" / "merlin_encoder.pt"

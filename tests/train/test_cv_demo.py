@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from ctvl.config import CTVLConfig, RunConfig, load_config, save_config
-from ctvl.demo import CONFIGS
+from ctvl.workflows.demo import CONFIGS
 
 from ..conftest import load_script
 

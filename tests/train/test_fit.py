@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from ctvl.config import RunConfig, TrainConfig
 from ctvl.models.ctvl import CTVLModel
-from ctvl.train.loop import fit
+from ctvl.train.vlm import fit_vlm as fit
 
 from ..conftest import TINY_PREPROCESS
 

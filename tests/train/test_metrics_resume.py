@@ -6,7 +6,8 @@ import pandas as pd
 
 from ctvl.config import RunConfig, TrainConfig
 from ctvl.train import checkpoint as ckpt
-from ctvl.train.loop import fit, truncate_metrics
+from ctvl.train.loop import truncate_metrics
+from ctvl.train.vlm import fit_vlm as fit
 
 from ..conftest import TINY_PREPROCESS
 

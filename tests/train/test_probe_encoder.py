@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from ctvl.data.synthetic import compute_image_features, load_findings, oracle_c_index
-from ctvl.demo import clinical_cox_c_index, clinical_matrix
+from ctvl.workflows.demo import clinical_cox_c_index, clinical_matrix
 from ctvl.models.vision3d import load_merlin_image_encoder
 from ctvl.survival.baselines import fit_and_score
 

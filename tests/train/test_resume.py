@@ -13,7 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 from ctvl.config import RunConfig, TrainConfig, replace, to_dict
-from ctvl.train.loop import fit
+from ctvl.train.vlm import fit_vlm as fit
 
 from ..conftest import TINY_PREPROCESS
 

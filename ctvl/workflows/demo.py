@@ -36,7 +36,7 @@ from ctvl.config import (
 
 log = logging.getLogger(__name__)
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 ENCODER_EPOCHS = 20
 """Phenotype pre-training epochs of the demo's tiny encoder (``ctvl demo --encoder_epochs``)."""
 
@@ -120,10 +120,18 @@ CLINICAL_COVARIATES = ("age", "ecog", "stage", "t_stage", "n_stage", "m_stage")
 
 
 def clinical_matrix(df, covariates=CLINICAL_COVARIATES):
-    """(n, k + 2) float array of a synthetic cohort table: ``covariates``, then sex (male = 1) and smoking (0-2)."""
-    df = df.assign(male=(df["sex"] == "M").astype(float),
-                   smoker=df["smoking"].map({"never": 0.0, "former": 1.0, "current": 2.0}))
-    return df[[*covariates, "male", "smoker"]].to_numpy(float)
+    """``(n, k + 2)`` float covariates of a synthetic cohort table: ``covariates`` standardised, then sex
+    (male = 1) and smoking (ordinal never < former < current, 0-2), encoded by the tabular layer's
+    :class:`~ctvl.data.tabular.TabularEncoder` fitted on the ``train`` split (all rows without one)."""
+    import pandas as pd
+
+    from ctvl.data.synthetic.cohort import SMOKING
+    from ctvl.data.tabular import TabularEncoder
+
+    table = df[[*covariates, "sex", "smoking"]].assign(
+        smoking=pd.Categorical(df["smoking"], categories=SMOKING, ordered=True))
+    fit_rows = table[df["split"] == "train"] if "split" in df.columns else table
+    return TabularEncoder(drop_first=True).fit(fit_rows).transform(table)
 
 
 def split_cox_c_index(df, X, seed: int = 0) -> float:
@@ -204,13 +212,13 @@ def train_stages(data: DemoData, runs: Path, stage1: RunConfig, stage2: RunConfi
     Returns:
         the two stages' :class:`~ctvl.train.loop.FitResult`.
     """
-    from ctvl.train.loop import fit
+    from ctvl.train.vlm import fit_vlm
 
     vision = replace(stage1.model.vision, checkpoint=str(data.encoder_checkpoint))
-    first = fit(replace(stage1, model=replace(stage1.model, vision=vision),
+    first = fit_vlm(replace(stage1, model=replace(stage1.model, vision=vision),
                         data=data.data_config(max_length=stage1.data.max_length),
                         train=replace(stage1.train, out_dir=str(runs / "stage1"))))
-    second = fit(replace(stage2, model=replace(stage2.model, vision=vision),
+    second = fit_vlm(replace(stage2, model=replace(stage2.model, vision=vision),
                          data=data.data_config(max_length=stage2.data.max_length),
                          train=replace(stage2.train, out_dir=str(runs / "stage2"),
                                        init_from=str(runs / "stage1" / "model"))))

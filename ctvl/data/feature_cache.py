@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ctvl.utils.atomic import atomic_open
+
 logger = logging.getLogger(__name__)
 
 INDEX = "features.csv"
@@ -47,12 +49,10 @@ def read_index(cache_dir: str | os.PathLike) -> dict[str, dict]:
 def write_index(cache_dir: str | os.PathLike, rows: dict[str, dict]) -> None:
     """Rewrite the index atomically (temp file + rename)."""
     path = Path(cache_dir) / INDEX
-    tmp = path.with_name(f".{INDEX}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows[k] for k in sorted(rows))
-    os.replace(tmp, path)
 
 
 def save_feature(cache_dir: str | os.PathLike, key: str, array: np.ndarray) -> str:
@@ -73,11 +73,8 @@ def save_feature(cache_dir: str | os.PathLike, key: str, array: np.ndarray) -> s
         dtype = np.float32
     rel = f"features/{key[:2]}/{key}.npy"
     path = Path(cache_dir) / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    with atomic_open(path, "wb") as fh:
         np.save(fh, array.astype(dtype))
-    os.replace(tmp, path)
     return rel
 
 

@@ -50,7 +50,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ctvl.data.tables import data_row_labels, read_table_rows, table_format
+from ctvl.data.tables import data_row_labels, read_table_rows, table_format, write_table
 from ctvl.utils.errors import ErrorLog
 
 REQUIRED_COLUMNS = ("case_id", "image")
@@ -126,14 +126,7 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     df = validate_manifest(df, source=str(path), base_dir=path.parent)
     base = os.path.abspath(path.parent)
     df["image"] = [os.path.relpath(p, base) if _is_inside(p, base) else p for p in df["image"]]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if fmt == "csv":
-        df.to_csv(tmp, index=False)
-    else:
-        df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return write_table(df, path, "manifest", fmt)
 
 
 def validate_manifest(

@@ -52,6 +52,7 @@ from ctvl.config import CTRateConfig, PreprocessConfig
 from ctvl.data.ctrate import ctrate_load_kwargs
 from ctvl.data.io import CTVolume, load_volume
 from ctvl.data.manifest import check_manifest, load_manifest_rows, record_rejected
+from ctvl.utils.atomic import atomic_open
 from ctvl.utils.errors import ErrorLog
 from ctvl.utils.processes import die_with_parent
 
@@ -397,11 +398,8 @@ def _transform(volume: CTVolume, task: _Task) -> np.ndarray:
 
 
 def _save_atomic(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    with atomic_open(path, "wb") as fh:
         np.save(fh, array)
-    os.replace(tmp, path)
 
 
 def _record(res: _Result, summary: PreprocessSummary, index: "_IndexWriter", errors: ErrorLog) -> None:
@@ -445,12 +443,10 @@ class _IndexWriter:
             self.flush()
 
     def flush(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_open(self.path, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=INDEX_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(self.rows[k] for k in sorted(self.rows))
-        os.replace(tmp, self.path)
         self.pending, self.last_flush = 0, time.monotonic()
 
 

@@ -1,4 +1,4 @@
-"""Per-case tables on disk: CSV or Parquet, read one way everywhere.
+"""Per-case tables on disk: CSV or Parquet, read one way everywhere and written atomically.
 
 Manifests, clinical tables, label tables and prediction files are all keyed by ``case_id``. Read
 from CSV, pandas would turn ids such as ``007`` into the integer 7; :func:`read_table` reads the id
@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Optional
 
 import pandas as pd
+
+from ctvl.utils.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,27 @@ def read_table(path: str | os.PathLike, kind: str = "table", fmt: str | None = N
     for column in (c for c in ID_COLUMNS if c in df.columns):
         df[column] = df[column].where(df[column].isna(), df[column].astype(str))  # ids as str, NaN kept
     return df
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike, kind: str = "table", fmt: str | None = None,
+                **kwargs) -> Path:
+    """Write ``df`` to a ``.csv`` / ``.parquet`` / ``.pq`` file atomically (``ctvl.utils.atomic``).
+
+    Args:
+        df: the table; written without its index unless ``index=True`` is passed.
+        path: the file; its folder is created.
+        kind, fmt: as in :func:`read_table`.
+        kwargs: passed to ``DataFrame.to_csv`` / ``to_parquet``.
+    """
+    path = Path(path)
+    fmt = fmt or table_format(path, kind)
+    kwargs.setdefault("index", False)
+    with atomic_path(path) as tmp:
+        if fmt == "csv":
+            df.to_csv(tmp, **kwargs)
+        else:
+            df.to_parquet(tmp, **kwargs)
+    return path
 
 
 def read_table_rows(

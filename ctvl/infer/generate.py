@@ -45,6 +45,7 @@ from ctvl.infer.inputs import (
     resolve_questions,
 )
 from ctvl.infer.prefix import score_questions
+from ctvl.utils.atomic import atomic_open
 from ctvl.utils.errors import ErrorLog
 
 logger = logging.getLogger(__name__)
@@ -104,9 +105,8 @@ def load_answers(path: str | os.PathLike) -> list[dict]:
 
 
 def _rewrite(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
 def _done_cases(records: list[dict], question_ids: list[str]) -> set[str]:

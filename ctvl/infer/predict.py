@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 
 from ctvl.config import PreprocessConfig
-from ctvl.data.tables import read_table, table_format
+from ctvl.data.tables import read_table, table_format, write_table
 from ctvl.infer.inputs import (
     ModelRun,
     CONTEXT_STAGE,
@@ -52,6 +52,7 @@ from ctvl.infer.inputs import (
     resolve_questions,
 )
 from ctvl.infer.prefix import score_questions
+from ctvl.utils.atomic import atomic_open
 from ctvl.utils.errors import ErrorLog, load_errors
 
 logger = logging.getLogger(__name__)
@@ -133,16 +134,6 @@ def load_predictions(path: str | os.PathLike, fmt: Optional[str] = None) -> pd.D
     return df
 
 
-def _write_atomic(df: pd.DataFrame, path: Path, fmt: str) -> None:
-    """Temp file in the same folder, then ``os.replace``: readers see the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if fmt == "csv":
-        df.to_csv(tmp, index=False)
-    else:
-        df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
 class _Output:
     """Prediction rows by case_id (+ optional latents), flushed atomically to ``path``."""
 
@@ -194,13 +185,11 @@ class _Output:
             ids = [c for chunk, _ in self.pending_z for c in chunk]
             z = np.concatenate([z for _, z in self.pending_z])
             name = f"part-{time.time_ns()}-{os.getpid()}.npz"
-            tmp = self.parts / f".{name}.tmp"
-            with open(tmp, "wb") as fh:
+            with atomic_open(self.parts / name, "wb") as fh:
                 np.savez(fh, case_id=np.asarray(ids), z=z.astype(np.float32))
-            os.replace(tmp, self.parts / name)
             self.pending_z = []
         if self.rows:
-            _write_atomic(_sorted_frame(self.rows.values()), self.path, self.fmt)
+            write_table(_sorted_frame(self.rows.values()), self.path, "predictions", self.fmt)
         self.n_new, self.last_flush = 0, time.monotonic()
 
 
@@ -222,10 +211,8 @@ def _write_embeddings(table: pd.DataFrame, parts: dict[str, np.ndarray], path: P
         logger.warning("no saved latents for %d case(s) (predicted without save_embeddings?), e.g. %s: "
                        "%s not written", len(missing), missing[:3], path)
         return None
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    with atomic_open(path, "wb") as fh:
         np.save(fh, np.stack([parts[c] for c in table["case_id"]]).astype(np.float32))
-    os.replace(tmp, path)
     return path
 
 
@@ -439,12 +426,10 @@ def merge_shards(out_path: str | os.PathLike, world: int) -> Path:
         ids = table.loc[dup, "case_id"].tolist()[:5]
         raise ValueError(f"cannot merge: case(s) {ids} in several rank files")
     table = table.sort_values("case_id", kind="stable").reset_index(drop=True)
-    _write_atomic(table, out_path, fmt)
+    write_table(table, out_path, "predictions", fmt)
     errors = [load_errors(errors_path(out_path, k)) for k in range(world)]
     merged = pd.concat(errors, ignore_index=True)
-    tmp = errors_path(out_path).with_name(f".errors.csv.tmp-{os.getpid()}")
-    merged.to_csv(tmp, index=False)
-    os.replace(tmp, errors_path(out_path))
+    write_table(merged, errors_path(out_path), "error log", "csv")
     parts = [_parts_dir(out_path, k) for k in range(world) if _parts_dir(out_path, k).is_dir()]
     if parts:
         latents = {k: v for d in parts for k, v in _load_parts(d).items()}

@@ -21,6 +21,8 @@ from typing import Optional
 
 import torch
 
+from ctvl.utils.atomic import atomic_open
+
 log = logging.getLogger(__name__)
 
 LATEST = "latest"
@@ -41,9 +43,8 @@ def latest_tag(ckpt_dir: str | Path) -> Optional[str]:
 
 def mark_latest(ckpt_dir: str | Path, tag: str) -> None:
     """Atomically point ``latest`` at ``tag``."""
-    tmp = Path(ckpt_dir) / f".{LATEST}.tmp"
-    tmp.write_text(tag)
-    tmp.replace(Path(ckpt_dir) / LATEST)
+    with atomic_open(Path(ckpt_dir) / LATEST, "w") as fh:
+        fh.write(tag)
 
 
 def prune(ckpt_dir: str | Path, keep_last: int) -> None:

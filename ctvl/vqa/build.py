@@ -40,6 +40,7 @@ from typing import Optional
 from ctvl.data.clinical_text import build_clinical_texts, load_clinical_template
 from ctvl.data.model_prompts import make_prompt_config, write_prompt_config
 from ctvl.data.questions import QuestionSet, load_question_set
+from ctvl.utils.atomic import atomic_open
 from ctvl.utils.errors import ErrorLog
 from ctvl.vqa.answer import AnswerExtractor, compose_report, split_sections
 from ctvl.vqa.config import VQAConfig
@@ -286,9 +287,8 @@ def llava_records(records: list[dict], image_token: str = "<image>") -> list[dic
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> Path:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    tmp.replace(path)  # atomic: readers never see a half-written file
+    with atomic_open(path, "w", encoding="utf-8") as fh:  # readers never see a half-written file
+        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     return path
 
 

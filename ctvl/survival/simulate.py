@@ -12,6 +12,9 @@ Entry points:
     >>> time.shape, event.dtype
     ((5,), dtype('bool'))
 
+Treatment assignment (:func:`make_treatment`) is confounded through a score of the covariates:
+a logistic propensity whose intercept is solved so that the expected treated fraction is the target.
+
 Used by :mod:`ctvl.data.synthetic.cohort` for the synthetic cohort's survival truth.
 """
 
@@ -150,3 +153,56 @@ def make_survival_times(
     event_time = compute_ph_event_times(log_hazard, uniforms, scale, shape)
     time, event = compute_censoring(event_time, censoring_rate, unit_exponentials)
     return time, event, event_time
+
+
+def compute_propensity(score, treated_fraction: float, strength: float = 1.0) -> np.ndarray:
+    r"""Logistic propensity :math:`e_i = \sigma(b + \gamma s_i)` with :math:`b` solved so that
+    :math:`\frac{1}{n}\sum_i e_i` equals the treated fraction.
+
+    .. math::
+        \frac{1}{n}\sum_i \frac{1}{1 + e^{-(b + \gamma s_i)}} = \pi
+
+    with :math:`\gamma` = ``strength`` (0: randomised, every :math:`e_i = \pi`) and :math:`\pi` =
+    ``treated_fraction``, by 200 bisection steps on :math:`b \in [-50, 50]` (the mean rises with b).
+
+    Args:
+        score (array of float): confounder score :math:`s_i` (e.g. a standardised linear
+            combination of the covariates that also drive the hazard), shape (n,).
+        treated_fraction: :math:`\pi` in (0, 1).
+        strength: :math:`\gamma`, the log-odds of treatment per unit of score.
+
+    Returns:
+        np.ndarray, float64, shape (n,): :math:`e_i` in (0, 1).
+
+    >>> e = compute_propensity(np.array([-1.0, 0.0, 1.0]), 0.1, strength=2.0)
+    >>> round(float(e.mean()), 6), bool(e[0] < e[1] < e[2])
+    (0.1, True)
+    """
+    if not 0.0 < treated_fraction < 1.0:
+        raise ValueError(f"`treated_fraction` must be in (0, 1), got {treated_fraction}")
+    logit = strength * np.asarray(score, float)
+    lo, hi = -50.0, 50.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if np.mean(1.0 / (1.0 + np.exp(-(mid + logit)))) < treated_fraction else (lo, mid)
+    return 1.0 / (1.0 + np.exp(-(0.5 * (lo + hi) + logit)))
+
+
+def make_treatment(score, treated_fraction: float, strength: float = 1.0,
+                   rng: np.random.Generator | int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    r"""Draw a binary treatment :math:`A_i \sim \text{Bernoulli}(e_i)` with :func:`compute_propensity`.
+
+    Args:
+        score, treated_fraction, strength: see :func:`compute_propensity`.
+        rng: generator or seed; the draws are n uniforms, :math:`A_i = [V_i < e_i]`.
+
+    Returns:
+        (treatment, propensity): int64 0/1 and float64 :math:`e_i`, each shape (n,).
+
+    >>> a, e = make_treatment(np.zeros(20000), 0.25, rng=0)
+    >>> bool(abs(a.mean() - 0.25) < 0.01), round(float(e[0]), 6)
+    (True, 0.25)
+    """
+    propensity = compute_propensity(score, treated_fraction, strength)
+    draws = np.random.default_rng(rng).random(propensity.shape[0])
+    return (draws < propensity).astype(np.int64), propensity

@@ -110,3 +110,21 @@ def test_reproducible_by_seed():
 def test_invalid_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         make_survival_times(np.zeros(3), **{"censoring_rate": 0.2, **kwargs}, rng=0)
+
+
+def test_confounded_treatment_hits_the_treated_fraction_and_follows_the_score():
+    from ctvl.survival.simulate import compute_propensity, make_treatment
+
+    score = np.random.default_rng(1).normal(size=50_000)
+    for fraction in (0.1, 0.5):
+        a, e = make_treatment(score, fraction, strength=1.5, rng=2)
+        assert abs(e.mean() - fraction) < 1e-9 and abs(a.mean() - fraction) < 0.01
+        # Confounded: the treated have higher scores, and the log-odds are linear in the score, slope 1.5.
+        assert score[a == 1].mean() > score[a == 0].mean() + 0.5
+        np.testing.assert_allclose(np.diff(np.log(e / (1 - e))[:2]) / np.diff(score[:2]), [1.5], rtol=1e-9)
+    np.testing.assert_allclose(compute_propensity(score, 0.3, strength=0.0), 0.3)
+    a1, _ = make_treatment(score, 0.3, rng=7)
+    a2, _ = make_treatment(score, 0.3, rng=7)
+    assert (a1 == a2).all()
+    with pytest.raises(ValueError, match="treated_fraction"):
+        compute_propensity(score, 1.0)

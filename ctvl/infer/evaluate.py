@@ -38,11 +38,12 @@ import pandas as pd
 from ctvl.data.tables import read_table
 from ctvl.infer.predict import load_predictions, survival_at
 from ctvl.infer.report import plot_calibration, plot_latent, plot_risk_groups, render_evaluation_html
+from ctvl.infer.representation import embed_2d
 from ctvl.survival.metrics import (
     antolini_c,
+    calibration_table,
     harrell_c,
     integrated_brier_score,
-    kaplan_meier,
     risk_groups,
     uno_c,
 )
@@ -148,17 +149,7 @@ def _calibration(ev: pd.DataFrame, curves, horizon: float, n_bins: int) -> dict:
     """Predicted vs Kaplan-Meier observed P(event by horizon) in quantile bins of the prediction."""
     surv, grid, _ = curves
     pred = 1.0 - survival_at(surv, grid, [horizon])[:, 0]
-    edges = np.unique(np.quantile(pred, np.linspace(0, 1, n_bins + 1)))
-    bins = np.clip(np.searchsorted(edges, pred, side="right") - 1, 0, max(edges.size - 2, 0))
-    rows = {"predicted": [], "observed": [], "n": []}
-    for b in np.unique(bins):
-        m = bins == b
-        t, s = kaplan_meier(ev["event"].to_numpy(bool)[m], ev["time"].to_numpy(float)[m])
-        at = np.searchsorted(t, horizon, side="right") - 1
-        rows["predicted"].append(float(pred[m].mean()))
-        rows["observed"].append(float(1.0 - (s[at] if at >= 0 else 1.0)))
-        rows["n"].append(int(m.sum()))
-    return {"horizon": float(horizon), **rows}
+    return calibration_table(pred, ev["event"].to_numpy(bool), ev["time"].to_numpy(float), horizon, n_bins)
 
 
 # ------------------------------------------------------------------------------ language
@@ -237,19 +228,7 @@ def _language(generated, references, model_path, num_layers, n_pairs: int, round
 
 
 def _latent(z: np.ndarray, ev: pd.DataFrame, method: str, seed: int) -> tuple[bytes, str]:
-    n = z.shape[0]
-    if method == "auto":
-        method = "tsne" if 5 <= n <= 5000 else "pca"
-    if method == "tsne":
-        from sklearn.manifold import TSNE
-
-        xy = TSNE(2, perplexity=min(30.0, (n - 1) / 3.0), init="pca", random_state=seed).fit_transform(z)
-    elif method == "pca":
-        from sklearn.decomposition import PCA
-
-        xy = PCA(2, random_state=seed).fit_transform(z)
-    else:
-        raise ValueError(f"latent must be 'auto', 'tsne' or 'pca', got {method!r}")
+    xy, method = embed_2d(z, method, seed)
     png = plot_latent(xy, ev["risk"].to_numpy(float), ev["time"].to_numpy(float), ev["event"].to_numpy(bool),
                       "t-SNE" if method == "tsne" else "PCA")
     return png, method

@@ -155,17 +155,18 @@ def plot_calibration(predicted: np.ndarray, observed: np.ndarray, counts: np.nda
     return figure_png(fig)
 
 
-def plot_latent(xy: np.ndarray, risk: np.ndarray, time: np.ndarray, event: np.ndarray, method: str) -> bytes:
-    """2-D map of the survival latents coloured by predicted risk and by observed time (x = censored)."""
+def plot_latent(xy: np.ndarray, risk: np.ndarray, time: np.ndarray, event: np.ndarray, method: str,
+                what: str = "z_surv", risk_label: str = "predicted risk") -> bytes:
+    """2-D map of embeddings ``what`` coloured by risk and by observed time (x = censored)."""
     fig = _figure(11.0, 4.8)
-    for k, (values, label, cmap) in enumerate(((risk, "predicted risk", "coolwarm"),
+    for k, (values, label, cmap) in enumerate(((risk, risk_label, "coolwarm"),
                                                 (time, "observed time", "viridis"))):
         ax = fig.add_subplot(1, 2, k + 1)
         for mask, marker in ((event, "o"), (~event, "x")):
             sc = ax.scatter(xy[mask, 0], xy[mask, 1], c=values[mask], cmap=cmap, marker=marker, s=18,
                             vmin=values.min(), vmax=values.max())
         fig.colorbar(sc, ax=ax, label=label)
-        ax.set_title(f"{method} of z_surv, coloured by {label} (o event, x censored)", fontsize=9)
+        ax.set_title(f"{method} of {what}, coloured by {label} (o event, x censored)", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     return figure_png(fig)

@@ -169,10 +169,48 @@ _MODELS: dict[str, Callable] = {"coxph": _coxph, "deepsurv": _deepsurv, "deephit
 # ------------------------------------------------------------------------------------------ scoring
 
 
-def _eval_times(time_test: np.ndarray, time_train: np.ndarray, num: int = 20) -> np.ndarray:
+def evaluation_times(time_test: np.ndarray, time_train: np.ndarray, num: int = 20) -> np.ndarray:
     """Default Brier/AUC grid: quantiles 10 %..80 % of the test times, inside both follow-ups."""
     grid = np.unique(np.quantile(time_test, np.linspace(0.1, 0.8, num)))
     return grid[(grid >= time_test.min()) & (grid < min(time_test.max(), time_train.max()))]
+
+
+def score_predictions(y_train, y_test, risk, surv, times, tau: float | None = None) -> dict:
+    """Harrell's C, Uno's C, mean cumulative/dynamic AUC and IBS of test predictions.
+
+    Args:
+        y_train: ``(event, time)`` of the training split (for the censoring weights).
+        y_test: ``(event, time)`` of the scored patients, shape (n,) each.
+        risk: (n,) higher = earlier event.
+        surv: (n, T) survival probabilities at ``times`` (T,).
+        tau: truncation time of Uno's C (None: none).
+
+    Returns:
+        dict with ``c_index`` (Harrell), ``uno_c``, ``mean_auc``, ``ibs``.
+    """
+    event, time = _targets(y_train, "y_train.")
+    event_test, time_test = _targets(y_test, "y_test.")
+    risk = np.asarray(risk, dtype=np.float64)
+    return {
+        "c_index": harrell_c(risk, event_test, time_test).cindex,
+        "uno_c": uno_c(event, time, event_test, time_test, risk, tau=tau).cindex,
+        "mean_auc": cumulative_dynamic_auc(event, time, event_test, time_test, risk, times)[1],
+        "ibs": integrated_brier_score(event, time, event_test, time_test, surv, times),
+    }
+
+
+def predict_baseline(name: str, X_train, y_train, X_test, times, *, seed: int = 0, **kw):
+    """Fit baseline ``name`` on the training rows; ``(risk (n_test,), surv (n_test, T))`` of ``X_test``
+    at ``times`` (features standardised with the training mean and SD, as in :func:`fit_and_score`)."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown baseline {name!r}; choose from {BASELINES}")
+    event, time = _targets(y_train, "y_train.")
+    X, X_test = _features(X_train), _features(X_test)
+    if X.shape[0] != time.size or X.shape[1] != X_test.shape[1]:
+        raise ValueError(f"feature/target shapes disagree: X_train {X.shape}, y_train ({time.size},), "
+                         f"X_test {X_test.shape}")
+    X, X_test = _standardise(X, X_test)
+    return _MODELS[name](X, event, time, X_test, np.asarray(times, dtype=np.float64), seed, **kw)
 
 
 def fit_and_score(name: str, X_train, y_train, X_test, y_test, *, seed: int = 0, times=None,
@@ -186,7 +224,7 @@ def fit_and_score(name: str, X_train, y_train, X_test, y_test, *, seed: int = 0,
         X_test, y_test: the same for the test split.
         seed: seeds network initialisation, batch order and the forest.
         times: (T,) increasing evaluation times of the Brier score and AUC; default: 20 quantiles
-            (10 %..80 %) of the test times.
+            (10 %..80 %) of the test times (:func:`evaluation_times`).
         tau: truncation time of Uno's C (None: none).
         return_predictions: also return ``risk`` (n_test,), ``surv`` (n_test, T) and ``times``.
         **kw: model hyper-parameters: ``coxph``: ``alpha``; ``rsf``: ``n_estimators``,
@@ -198,29 +236,17 @@ def fit_and_score(name: str, X_train, y_train, X_test, y_test, *, seed: int = 0,
         dict with ``model``, ``c_index`` (Harrell), ``uno_c``, ``mean_auc``, ``ibs``,
         ``fit_seconds``, ``n_train``, ``n_test`` (and predictions on request).
     """
-    if name not in _MODELS:
-        raise ValueError(f"unknown baseline {name!r}; choose from {BASELINES}")
     event, time = _targets(y_train, "y_train.")
     event_test, time_test = _targets(y_test, "y_test.")
-    X, X_test = _features(X_train), _features(X_test)
-    if X.shape[0] != time.size or X_test.shape[0] != time_test.size or X.shape[1] != X_test.shape[1]:
-        raise ValueError(f"feature/target shapes disagree: X_train {X.shape}, y_train ({time.size},), "
-                         f"X_test {X_test.shape}, y_test ({time_test.size},)")
-    X, X_test = _standardise(X, X_test)
-    times = _eval_times(time_test, time) if times is None else np.asarray(times, dtype=np.float64)
+    if _features(X_test).shape[0] != time_test.size:
+        raise ValueError(f"feature/target shapes disagree: X_test {_features(X_test).shape}, "
+                         f"y_test ({time_test.size},)")
+    times = evaluation_times(time_test, time) if times is None else np.asarray(times, dtype=np.float64)
     start = _time.perf_counter()
-    risk, surv = _MODELS[name](X, event, time, X_test, times, seed, **kw)
+    risk, surv = predict_baseline(name, X_train, (event, time), X_test, times, seed=seed, **kw)
     elapsed = _time.perf_counter() - start
-    out = {
-        "model": name,
-        "c_index": harrell_c(risk, event_test, time_test).cindex,
-        "uno_c": uno_c(event, time, event_test, time_test, risk, tau=tau).cindex,
-        "mean_auc": cumulative_dynamic_auc(event, time, event_test, time_test, risk, times)[1],
-        "ibs": integrated_brier_score(event, time, event_test, time_test, surv, times),
-        "fit_seconds": elapsed,
-        "n_train": int(time.size),
-        "n_test": int(time_test.size),
-    }
+    out = {"model": name, **score_predictions((event, time), (event_test, time_test), risk, surv, times, tau),
+           "fit_seconds": elapsed, "n_train": int(time.size), "n_test": int(time_test.size)}
     logger.info("%s: C=%.4f Uno=%.4f IBS=%.4f (%.1f s)",
                 name, out["c_index"], out["uno_c"], out["ibs"], elapsed)
     if return_predictions:

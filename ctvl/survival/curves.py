@@ -148,6 +148,33 @@ class LogRankResult(NamedTuple):
     """Number of groups minus one."""
 
 
+def calibration_table(predicted, event, time, horizon: float, n_bins: int = 10) -> dict:
+    """Predicted vs Kaplan-Meier observed probability of an event by ``horizon``, in quantile bins.
+
+    Args:
+        predicted: (n,) predicted P(event by horizon) = 1 - S(horizon | x).
+        event, time: (n,) observed outcomes.
+        horizon: the time point.
+        n_bins: quantile bins of ``predicted`` (fewer when its values tie).
+
+    Returns:
+        dict: ``horizon`` and per bin ``predicted`` (mean), ``observed`` (1 - KM at horizon), ``n``.
+    """
+    pred = np.asarray(predicted, dtype=np.float64)
+    event, time = check_survival(event, time)
+    edges = np.unique(np.quantile(pred, np.linspace(0, 1, n_bins + 1)))
+    bins = np.clip(np.searchsorted(edges, pred, side="right") - 1, 0, max(edges.size - 2, 0))
+    rows: dict[str, list] = {"predicted": [], "observed": [], "n": []}
+    for b in np.unique(bins):
+        m = bins == b
+        t, s = kaplan_meier(event[m], time[m])
+        at = np.searchsorted(t, horizon, side="right") - 1
+        rows["predicted"].append(float(pred[m].mean()))
+        rows["observed"].append(float(1.0 - (s[at] if at >= 0 else 1.0)))
+        rows["n"].append(int(m.sum()))
+    return {"horizon": float(horizon), **rows}
+
+
 def logrank_test(event, time, group) -> LogRankResult:
     r"""Log-rank test that all groups share one survival function (Mantel, 1966).
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from ctvl.survival.curves import (
     brier_score,
+    calibration_table,
     censoring_survival,
     check_survival,
     cumulative_dynamic_auc,
@@ -42,6 +43,7 @@ __all__ = [
     "Concordance",
     "antolini_c",
     "brier_score",
+    "calibration_table",
     "censoring_survival",
     "cumulative_dynamic_auc",
     "harrell_c",

@@ -19,6 +19,7 @@ Sub-commands:
     generate    answers to the six questions per volume + a readable per-case report
     evaluate    C-indices with CIs, KM/log-rank, calibration, BERTScore, latent map -> report.html
     demo        the main job on the built-in synthetic cohort with tiny models
+    distill     a language model that writes a Cox teacher's risk from a patient sentence (any survival table)
 """
 
 from __future__ import annotations
@@ -40,9 +41,13 @@ from ctvl.config import (
     CTRateConfig,
     CTVLConfig,
     DataConfig,
+    DecoderConfig,
+    DistillConfig,
+    LoRAConfig,
     PreprocessConfig,
     RunConfig,
     SyntheticCohortConfig,
+    TabularConfig,
     TrainConfig,
     VisionConfig,
     from_dict,
@@ -272,6 +277,14 @@ def _demo(args: Namespace) -> int:
                     encoder=Path(args.encoder) if args.encoder else None)
 
 
+def _distill(args: Namespace) -> int:
+    from ctvl.workflows.distill import run_distill
+
+    run_distill(_as(TabularConfig, args.tabular), _as(DistillConfig, args.distill), _as(DecoderConfig, args.decoder),
+                _as(LoRAConfig, args.lora), _as(TrainConfig, args.train), Path(args.out))
+    return 0
+
+
 def _synth_parser() -> ArgumentParser:
     p = ArgumentParser(description="Write a synthetic chest-CT cohort with known truth.")
     p.add_argument("--config", action=ActionConfigFile)
@@ -428,6 +441,20 @@ def _demo_parser() -> ArgumentParser:
     return p
 
 
+def _distill_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Distil a Cox teacher's risk into a language model that writes it, on a "
+                                   "survival table (--tabular.table FILE --tabular.time COL --tabular.event COL, or "
+                                   "--tabular.dataset gbsg2|whas500|aids|flchain|veterans).")
+    p.add_argument("--config", action=ActionConfigFile)
+    p.add_argument("--out", required=True, help="Output folder (predictions.csv, metrics.json, student/).")
+    p.add_class_arguments(TabularConfig, "tabular")
+    p.add_class_arguments(DistillConfig, "distill")
+    p.add_class_arguments(DecoderConfig, "decoder")
+    p.add_class_arguments(LoRAConfig, "lora")
+    p.add_class_arguments(TrainConfig, "train")
+    return p
+
+
 COMMANDS: dict[str, tuple[Callable[[], ArgumentParser], Callable[[Namespace], int]]] = {
     "synth": (_synth_parser, _synth),
     "preprocess": (_preprocess_parser, _preprocess),
@@ -440,6 +467,7 @@ COMMANDS: dict[str, tuple[Callable[[], ArgumentParser], Callable[[Namespace], in
     "generate": (_generate_parser, _generate),
     "evaluate": (_evaluate_parser, _evaluate),
     "demo": (_demo_parser, _demo),
+    "distill": (_distill_parser, _distill),
 }
 
 

@@ -661,3 +661,46 @@ class TabularConfig:
         if not (all(0 <= f < 1 for f in fractions) and sum(fractions) < 1):
             raise ValueError(f"`--tabular.test_fraction` and `--tabular.validation_fraction` must be in [0, 1) "
                              f"with a sum < 1, got {fractions}")
+
+
+# ------------------------------------------------------------------ distillation
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """``ctvl distill`` (paper 000): covariates -> prompt -> a causal LM that writes a Cox teacher's risk."""
+
+    teacher: Literal["coxph", "rsf", "ensemble"] = "coxph"
+    """The risk the student learns: CoxPH log-hazard, random survival forest risk, or their rank average
+    ("ensemble", on the CoxPH log-hazard scale); fitted on the training split only."""
+    teacher_alpha: float = 0.01
+    """Ridge penalty of the CoxPH teacher (and the CoxPH baseline)."""
+    encoding: Literal["percentile", "log_hazard", "decile"] = "percentile"
+    """Answer format: percentile 0-100 among training patients, centred log-hazard "+0.53", or a decile word."""
+    template: str = ""
+    """Clinical-text YAML (``ctvl.config.ClinicalTextConfig``); empty: the curated one of a bundled data set,
+    else one naming every column."""
+    question: str = ""
+    """Appended to the patient sentence; the answer follows it. Empty: the encoding's own question
+    ("Risk percentile (0-100):", "Log-hazard relative to average:", "Risk decile:")."""
+    augment: int = 0
+    """Extra teacher-labelled prompts per training patient: covariates of a training patient with each numeric
+    value moved by up to ``augment_scale`` training SDs (clipped to the training range), labelled by the teacher."""
+    augment_scale: float = 0.25
+    """See ``augment``."""
+    epochs: float = 30.0
+    """Passes over the training prompts (original + augmented); sets ``train.max_steps``."""
+    score_batch_size: int = 64
+    """Sequences per forward pass when scoring the candidates."""
+    baselines: tuple[str, ...] = ("coxph", "deepsurv", "deephit", "rsf")
+    """Survival baselines fitted and scored on the same split (``ctvl.survival.baselines``)."""
+    knn: int = 15
+    """Neighbours of the hidden-state smoothness score."""
+    tsne: bool = True
+    """Write the t-SNE figure of the student's hidden states (needs matplotlib)."""
+    seed: int = 0
+    """Seed of the split, the augmentation, the student's initialisation and its batches."""
+
+    def __post_init__(self):
+        if self.augment < 0 or self.epochs <= 0 or self.knn < 1:
+            raise ValueError(f"need augment >= 0, epochs > 0, knn >= 1; got {self.augment}, {self.epochs}, {self.knn}")

@@ -8,6 +8,8 @@ never leaving "nan" or a dangling comma.
 
 Entry points:
     load_clinical_template(path) -> ClinicalTextConfig
+    bundled_template(name) -> ClinicalTextConfig   (curated, for the five scikit-survival sets)
+    automatic_template(columns) -> ClinicalTextConfig   (any other table, from its column names)
     render_clinical_text(row, cfg) -> str
     build_clinical_texts(frame, cfg) -> pandas.Series
 
@@ -47,6 +49,39 @@ def load_clinical_template(path: str | Path) -> ClinicalTextConfig:
     except (ValueError, TypeError) as err:
         raise ValueError(f"{path}: {err}") from None
     return cfg
+
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "resources" / "tabular_templates"
+"""Curated templates of the bundled survival sets (``<name>.yaml``, names as in ``ctvl.data.tabular``)."""
+
+
+def bundled_template(name: str) -> ClinicalTextConfig:
+    """The curated template of a bundled data set (``gbsg2``, ``whas500``, ``aids``, ``flchain``, ``veterans``)."""
+    path = TEMPLATES / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in TEMPLATES.glob("*.yaml"))
+        raise ValueError(f"no curated template for data set {name!r}; known: {known}")
+    return load_clinical_template(path)
+
+
+def _label(column: str) -> str:
+    """Column name -> words: ``"Age_in_years"`` -> ``"age in years"``, ``"flc.grp"`` -> ``"flc grp"``."""
+    words = re.sub(r"([a-z])([A-Z])", r"\1 \2", column)
+    return re.sub(r"[\s_.\-]+", " ", words).strip().lower() or column
+
+
+def automatic_template(columns, name: str = "automatic") -> ClinicalTextConfig:
+    """A template naming every column: ``"<label> is {value}"`` parts, e.g. "Age is 54, tsize is 20.".
+
+    Each placeholder is ``c<i>`` (any column name works, even one that is no identifier); numbers are
+    written with up to 4 significant digits.
+    """
+    columns = [str(c) for c in columns]
+    if not columns:
+        raise ValueError("automatic_template needs at least one column")
+    fields = {f"c{i}": {"column": c, "format": ".4g"} for i, c in enumerate(columns)}
+    parts = tuple(f"{_label(c)} is {{c{i}}}" for i, c in enumerate(columns))
+    return ClinicalTextConfig(name=name, parts=parts, fields=fields, fix_articles=False)
 
 
 def placeholders(piece: str) -> list[str]:

@@ -57,6 +57,7 @@ __all__ = [
     "load_bundled_dataset",
     "load_reference_dataset",
     "load_survival_table",
+    "perturb_covariates",
     "split_table",
 ]
 
@@ -568,6 +569,33 @@ def split_table(table: SurvivalTable | np.ndarray, test_fraction: float = 0.2, s
 
 
 # ------------------------------------------------------------------------------------ baselines
+
+
+def perturb_covariates(covariates: pd.DataFrame, copies: int, scale: float = 0.25, seed: int = 0) -> pd.DataFrame:
+    """``copies`` perturbed versions of every row, for teacher-labelled extra training prompts.
+
+    Numeric columns move by ``U(-scale, scale)`` times their SD in ``covariates``, clipped to the
+    column's observed range and rounded when the column holds integers; other columns (categorical,
+    binary) and missing cells are kept. Rows come out copy by copy: ``copies * len(covariates)`` rows
+    with a fresh RangeIndex; the same seed gives the same rows.
+    """
+    if copies < 0 or scale < 0:
+        raise ValueError(f"need copies >= 0 and scale >= 0, got {copies} and {scale}")
+    rng = np.random.default_rng(seed)
+    out = pd.concat([covariates] * copies, ignore_index=True) if copies else covariates.iloc[:0].copy()
+    for name in covariates.columns:
+        col = covariates[name]
+        if column_kind(col) not in ("numeric", "integer") or not len(out):
+            continue
+        values = col.to_numpy(dtype=np.float64)
+        lo, hi, sd = np.nanmin(values), np.nanmax(values), np.nanstd(values)
+        moved = np.tile(values, copies) + rng.uniform(-scale, scale, len(out)) * sd
+        moved = np.clip(moved, lo, hi)
+        finite = values[np.isfinite(values)]
+        if finite.size and np.all(finite == np.round(finite)):
+            moved = np.round(moved)
+        out[name] = moved.astype(col.dtype) if column_kind(col) == "integer" else moved
+    return out
 
 
 def load_reference_dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:

@@ -1,0 +1,192 @@
+r"""Answers from a fixed candidate set: constrained generation and exact answer probabilities.
+
+A causal LM asked for one of ``C`` candidate answers (e.g. the integers 0-100) is read two ways:
+
+- **constrained generation**: :class:`TrieLogitsProcessor` masks, at every step, the tokens that
+  continue no candidate, so ``model.generate`` can only write a candidate followed by EOS;
+- **the distribution over the candidates**, :func:`score_answers`: the probability that
+  constrained sampling writes candidate :math:`c = (y_1, \dots, y_L)`,
+
+  .. math::
+      p(c \mid x) = \prod_{k=1}^{L} \frac{\exp z_{y_k}(x, y_{<k})}{\sum_{v \in A(y_{<k})} \exp z_v(x, y_{<k})},
+
+  with :math:`A(y_{<k})` the tokens allowed after the prefix (the children of its node in the
+  candidates' token trie) and :math:`z` the model's logits. A node with one child contributes 1, so
+  only branching nodes need a forward pass. :math:`\sum_c p(c \mid x) = 1` exactly, and the
+  expected value :math:`\sum_c p(c \mid x)\, v_c` is a continuous score without ties.
+
+Candidates are tokenised as a continuation of the prompt: ``tokenizer(" " + candidate)`` without
+special tokens, then EOS; training must build its targets the same way (:func:`answer_token_ids`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from transformers import LogitsProcessor
+
+
+def answer_token_ids(tokenizer, answers: Sequence[str]) -> list[list[int]]:
+    """Token ids of each answer as the prompt's continuation: ``" " + answer`` without special tokens, + EOS."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token: a candidate answer could not end")
+    return [tokenizer(" " + a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for a in answers]
+
+
+class AnswerTrie:
+    """Prefix tree of the candidates' token sequences (each ending with EOS)."""
+
+    def __init__(self, sequences: Sequence[Sequence[int]], eos_token_id: int):
+        self.sequences = [tuple(int(t) for t in s) for s in sequences]
+        if len(set(self.sequences)) < len(self.sequences):
+            raise ValueError("two candidate answers tokenise to the same ids")
+        self.eos_token_id = int(eos_token_id)
+        children: dict[tuple, set] = defaultdict(set)
+        for seq in self.sequences:
+            for k in range(len(seq)):
+                children[seq[:k]].add(seq[k])
+        self.children = {prefix: sorted(c) for prefix, c in children.items()}
+        self.branching = [prefix for prefix, c in self.children.items() if len(c) > 1]
+        """Prefixes with more than one allowed next token (the only ones that need logits)."""
+
+    def allowed(self, prefix: Sequence[int]) -> list[int]:
+        """Tokens that may follow ``prefix``; after a complete answer (or off the tree) only EOS."""
+        return self.children.get(tuple(int(t) for t in prefix), [self.eos_token_id])
+
+
+class TrieLogitsProcessor(LogitsProcessor):
+    """For ``model.generate``: logits of tokens that continue no candidate become -inf.
+
+    Args:
+        trie: the candidates.
+        prompt_length: length of the (left-padded) prompt batch; tokens after it are the answer.
+    """
+
+    def __init__(self, trie: AnswerTrie, prompt_length: int):
+        self.trie, self.prompt_length = trie, prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        mask = torch.full_like(scores, float("-inf"))
+        for row, ids in enumerate(input_ids[:, self.prompt_length:].tolist()):
+            mask[row, self.trie.allowed(ids)] = 0.0
+        return scores + mask
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.as_tensor(p)
+        mask[i, width - len(p):] = 1
+    return ids, mask
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def generate_constrained(model, prompts: Sequence[Sequence[int]], trie: AnswerTrie, pad_id: int,
+                         batch_size: int = 64) -> list[tuple[int, ...]]:
+    """Greedy ``model.generate`` under :class:`TrieLogitsProcessor`: each prompt's answer token ids
+    (EOS included); every one is a candidate of ``trie``."""
+    from transformers import LogitsProcessorList
+
+    model.eval()
+    longest = max(len(s) for s in trie.sequences)
+    out: list[tuple[int, ...]] = []
+    for start in range(0, len(prompts), batch_size):
+        ids, mask = _left_pad(prompts[start:start + batch_size], pad_id)
+        ids, mask = ids.to(_device(model)), mask.to(_device(model))
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=longest, do_sample=False,
+                             logits_processor=LogitsProcessorList([TrieLogitsProcessor(trie, ids.shape[1])]),
+                             pad_token_id=pad_id, eos_token_id=trie.eos_token_id)
+        for row in gen[:, ids.shape[1]:].tolist():
+            end = row.index(trie.eos_token_id) + 1 if trie.eos_token_id in row else len(row)
+            out.append(tuple(row[:end]))
+    return out
+
+
+def _last_logits_and_states(model, sequences: list[list[int]], pad_id: int, want_states: bool):
+    """Right-padded forward; logits (B, V) and last-layer states (B, H) at each sequence's last token."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(sequences):
+        ids[i, :len(s)] = torch.as_tensor(s)
+        mask[i, :len(s)] = 1
+    device = _device(model)
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=want_states)
+    last = (mask.sum(dim=1) - 1).to(device)
+    rows = torch.arange(len(sequences), device=device)
+    logits = out.logits[rows, last].float()
+    states = out.hidden_states[-1][rows, last].float() if want_states else None
+    return logits, states
+
+
+@torch.no_grad()
+def score_answers(model, prompts: Sequence[Sequence[int]], trie: AnswerTrie, pad_id: int,
+                  batch_size: int = 64, return_states: bool = False):
+    """Probability of every candidate for every prompt under constrained sampling (module docstring).
+
+    Args:
+        model: a causal LM (HF or peft-wrapped), used in eval mode.
+        prompts: ``n`` prompt token-id lists.
+        trie: the ``C`` candidates (:class:`AnswerTrie`), in the order of ``trie.sequences``.
+        pad_id: padding token.
+        batch_size: sequences per forward pass (prompt + branching prefix).
+        return_states: also return the last-layer hidden state of each prompt's last token.
+
+    Returns:
+        probs ``(n, C)`` float64 rows summing to 1, and (``return_states``) states ``(n, H)`` float32.
+    """
+    model.eval()
+    nodes = sorted(trie.branching, key=len)
+    node_index = {prefix: j for j, prefix in enumerate(nodes)}
+    jobs = [(i, prefix) for i in range(len(prompts)) for prefix in nodes]
+    if return_states and () not in node_index:
+        jobs += [(i, ()) for i in range(len(prompts))]
+    jobs.sort(key=lambda job: len(prompts[job[0]]) + len(job[1]))  # similar lengths share a batch
+    log_cond = np.zeros((len(prompts), len(nodes), max(1, max((len(trie.children[p]) for p in nodes), default=1))))
+    states: Optional[np.ndarray] = None
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        want = return_states and any(prefix == () for _, prefix in chunk)
+        logits, hidden = _last_logits_and_states(model, [list(prompts[i]) + list(p) for i, p in chunk], pad_id, want)
+        for row, (i, prefix) in enumerate(chunk):
+            if want and prefix == ():
+                if states is None:
+                    states = np.zeros((len(prompts), hidden.shape[1]), dtype=np.float32)
+                states[i] = hidden[row].cpu().numpy()
+            if prefix in node_index:
+                allowed = trie.children[prefix]
+                log_cond[i, node_index[prefix], :len(allowed)] = torch.log_softmax(
+                    logits[row, allowed], dim=0).double().cpu().numpy()
+    log_p = np.zeros((len(prompts), len(trie.sequences)))
+    for c, seq in enumerate(trie.sequences):
+        for k in range(len(seq)):
+            j = node_index.get(seq[:k])
+            if j is not None:
+                log_p[:, c] += log_cond[:, j, trie.children[seq[:k]].index(seq[k])]
+    probs = np.exp(log_p)
+    probs /= probs.sum(axis=1, keepdims=True)  # 1 up to rounding
+    return (probs, states) if return_states else probs
+
+
+@torch.no_grad()
+def last_token_states(model, prompts: Sequence[Sequence[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:
+    """Last-layer hidden state ``(n, H)`` at each prompt's last token (float32)."""
+    model.eval()
+    order = np.argsort([len(p) for p in prompts], kind="stable")
+    out = None
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        _, states = _last_logits_and_states(model, [list(prompts[i]) for i in idx], pad_id, True)
+        if out is None:
+            out = np.zeros((len(prompts), states.shape[1]), dtype=np.float32)
+        out[idx] = states.cpu().numpy()
+    return out

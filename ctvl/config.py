@@ -694,6 +694,9 @@ class DistillConfig:
     """Sequences per forward pass when scoring the candidates."""
     baselines: tuple[str, ...] = ("coxph", "deepsurv", "deephit", "rsf")
     """Survival baselines fitted and scored on the same split (``ctvl.survival.baselines``)."""
+    survival_head_epochs: float = 0.0
+    """> 0: also train a fresh copy of the student with a DeepSurv head on its last prompt-token state, on the
+    real times of the training patients, for this many passes (the other way of putting survival into an LM)."""
     knn: int = 15
     """Neighbours of the hidden-state smoothness score."""
     tsne: bool = True

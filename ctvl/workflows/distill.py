@@ -131,8 +131,8 @@ def run_distill(table_cfg: TabularConfig, cfg: DistillConfig, decoder: DecoderCo
     extra_h = teacher.predict_log_hazard(encoder.transform(extra)) if len(extra) else np.zeros(0)
     train_texts = [texts[i] for i in tr] + extra_texts
     train_answers = encoding.encode(np.r_[teacher_h[tr], extra_h])
-    model, tokenizer = build_student(decoder, lora, train_texts + [f" {c}" for c in encoding.candidates] * 3,
-                                     cfg.seed)
+    corpus = train_texts + [f" {c}" for c in encoding.candidates] * 3  # the tiny student's BPE corpus
+    model, tokenizer = build_student(decoder, lora, corpus, cfg.seed)
     trie = AnswerTrie(answer_token_ids(tokenizer, encoding.candidates), tokenizer.eos_token_id)
     answer_ids = dict(zip(encoding.candidates, answer_token_ids(tokenizer, encoding.candidates)))
     prompts = _prompt_ids(tokenizer, texts)
@@ -167,6 +167,9 @@ def run_distill(table_cfg: TabularConfig, cfg: DistillConfig, decoder: DecoderCo
         "student": score_predictions(y_train, y_test, student_h[te], teacher.predict_survival(student_h[te], times), times),
     }
     scores["student_greedy"] = {"c_index": float(harrell_of(greedy[parse_ok], y_test, parse_ok))}
+    if cfg.survival_head_epochs > 0:
+        scores["student_survival_head"] = _survival_head(decoder, lora, cfg, train, corpus, prompts, table,
+                                                         tr, te, times, out, progress)
     for name in cfg.baselines:
         kw = {"alpha": cfg.teacher_alpha} if name == "coxph" else {}
         risk, surv = predict_baseline(name, X[tr], y_train, X[te], times, seed=cfg.seed, **kw)
@@ -226,6 +229,31 @@ def run_distill(table_cfg: TabularConfig, cfg: DistillConfig, decoder: DecoderCo
              metrics["fidelity"]["spearman_student_teacher"], metrics["fidelity"]["parse_failures"],
              metrics["seconds"])
     return metrics
+
+
+def _survival_head(decoder, lora, cfg: DistillConfig, train: TrainConfig, corpus, prompts, table, tr, te, times,
+                   out: Path, progress: bool) -> dict:
+    """The same prompts through a DeepSurv head on a fresh student's last prompt-token state (real times);
+    ``corpus`` is the student's, so the tiny student's tokenizer, and so ``prompts``, are the same."""
+    from ctvl.models.decoder import base_model
+    from ctvl.models.prompt_survival import PromptCoxModel
+    from ctvl.survival.baselines import score_predictions
+    from ctvl.survival.heads import BreslowEstimator
+    from ctvl.train.prompt_cox import fit_prompt_cox, predict_prompt_risk
+
+    decoder_model, tokenizer = build_student(decoder, lora, corpus, cfg.seed)
+    model = PromptCoxModel(decoder_model, base_model(decoder_model).config.hidden_size)
+    steps = max(1, math.ceil(cfg.survival_head_epochs * tr.size / (train.micro_batch_size * train.grad_accum_steps)))
+    tc = replace(train, max_steps=steps, out_dir=str(out / "survival_head_run"))
+    t0 = _time.perf_counter()
+    fit_prompt_cox(model, [str(table.case_id[i]) for i in tr], [prompts[i] for i in tr], table.event[tr],
+                   table.time[tr], tc, tokenizer.pad_token_id, out_dir=out / "survival_head_run", progress=progress)
+    seconds = _time.perf_counter() - t0
+    risk = predict_prompt_risk(model, prompts, tokenizer.pad_token_id, cfg.score_batch_size)
+    surv = BreslowEstimator().fit(risk[tr], table.event[tr], table.time[tr]).predict_survival(risk[te], times)
+    scores = score_predictions((table.event[tr], table.time[tr]), (table.event[te], table.time[te]), risk[te], surv,
+                               times)
+    return {**scores, "train_seconds": seconds, "steps": steps}
 
 
 def harrell_of(risk: np.ndarray, y_test, keep: np.ndarray) -> float:

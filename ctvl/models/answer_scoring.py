@@ -128,18 +128,83 @@ def _last_logits_and_states(model, sequences: list[list[int]], pad_id: int, want
     return logits, states
 
 
+def _log_cond_from_logits(logits: torch.Tensor, trie: AnswerTrie, nodes: list) -> np.ndarray:
+    """``(B, N, V)`` logits at the branching nodes -> ``(B, N, K)`` log-softmax over each node's children."""
+    width = max(len(trie.children[p]) for p in nodes)
+    out = np.zeros((logits.shape[0], len(nodes), width))
+    for j, prefix in enumerate(nodes):
+        allowed = trie.children[prefix]
+        out[:, j, :len(allowed)] = torch.log_softmax(logits[:, j, allowed].float(), dim=-1).double().cpu().numpy()
+    return out
+
+
+def _shared_prompt_pass(model, prompts: Sequence[Sequence[int]], nodes: list, pad_id: int):
+    """Logits ``(B, N, V)`` at every branching node and last-prompt states ``(B, H)``: the prompts run once
+    with a key/value cache, repeated once per node, and only the nodes' prefix tokens run on it."""
+    from ctvl.models.decoder import base_model, run_with_cache
+
+    device = _device(model)
+    decoder = base_model(model).get_decoder()
+    head = model.get_output_embeddings()
+    b, n = len(prompts), len(nodes)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    width = int(lengths.max())
+    ids = torch.full((b, width), pad_id, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)] = torch.as_tensor(p, device=device)
+    mask = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
+    hidden, cache = run_with_cache(decoder, input_ids=ids, attention_mask=mask)  # (B, Lp, H)
+    rows = torch.arange(b, device=device)
+    last = hidden[rows, lengths - 1]  # (B, H): the state before the answer
+    logits = torch.zeros((b, n, head.weight.shape[0]), device=device)
+    deep = [j for j, prefix in enumerate(nodes) if prefix]
+    if () in nodes:
+        logits[:, nodes.index(())] = head(last).float()
+    if deep:
+        cache.batch_repeat_interleave(len(deep))  # (B, ...) -> (B * D, ...), prompt-major
+        s_len = torch.tensor([len(nodes[j]) for j in deep], device=device)
+        s_ids = torch.full((len(deep), int(s_len.max())), pad_id, dtype=torch.long, device=device)
+        for k, j in enumerate(deep):
+            s_ids[k, :len(nodes[j])] = torch.as_tensor(nodes[j], device=device)
+        s_mask = (torch.arange(s_ids.shape[1], device=device)[None] < s_len[:, None]).long()
+        s_ids, s_mask, s_len = s_ids.repeat(b, 1), s_mask.repeat(b, 1), s_len.repeat(b)
+        positions = lengths.repeat_interleave(len(deep))[:, None] + torch.arange(s_ids.shape[1], device=device)
+        full_mask = torch.cat([mask.repeat_interleave(len(deep), dim=0), s_mask], dim=1)
+        out, _ = run_with_cache(decoder, cache, input_ids=s_ids, attention_mask=full_mask, position_ids=positions)
+        at = out[torch.arange(out.shape[0], device=device), s_len - 1]  # (B * D, H)
+        logits[:, deep] = head(at).float().reshape(b, len(deep), -1)
+    return logits, last.float()
+
+
+def _full_pass(model, prompts: Sequence[Sequence[int]], nodes: list, pad_id: int):
+    """The same as :func:`_shared_prompt_pass`, the plain way: every prompt + node prefix from scratch."""
+    logits, last = _last_logits_and_states(model, [list(p) for p in prompts], pad_id, True)
+    per_node = []
+    for prefix in nodes:
+        node_logits = logits if not prefix else _last_logits_and_states(
+            model, [list(p) + list(prefix) for p in prompts], pad_id, False)[0]
+        per_node.append(node_logits)
+    return (torch.stack(per_node, dim=1) if per_node else logits[:, None]), last
+
+
 @torch.no_grad()
 def score_answers(model, prompts: Sequence[Sequence[int]], trie: AnswerTrie, pad_id: int,
-                  batch_size: int = 64, return_states: bool = False):
+                  batch_size: int = 64, return_states: bool = False, shared_prompt: bool = True):
     """Probability of every candidate for every prompt under constrained sampling (module docstring).
+
+    Each batch of prompts runs once with a key/value cache; the prefix tokens of the trie's branching
+    nodes then run on copies of it, so a prompt costs one pass plus a few tokens per node (tested equal
+    to scoring every prompt + prefix from scratch).
 
     Args:
         model: a causal LM (HF or peft-wrapped), used in eval mode.
         prompts: ``n`` prompt token-id lists.
         trie: the ``C`` candidates (:class:`AnswerTrie`), in the order of ``trie.sequences``.
         pad_id: padding token.
-        batch_size: sequences per forward pass (prompt + branching prefix).
+        batch_size: prompts per pass (each repeated once per branching node on the cache).
         return_states: also return the last-layer hidden state of each prompt's last token.
+        shared_prompt: False scores every prompt + prefix from scratch (any model with ``logits`` and
+            ``hidden_states`` outputs; True needs a transformers causal LM).
 
     Returns:
         probs ``(n, C)`` float64 rows summing to 1, and (``return_states``) states ``(n, H)`` float32.
@@ -147,25 +212,19 @@ def score_answers(model, prompts: Sequence[Sequence[int]], trie: AnswerTrie, pad
     model.eval()
     nodes = sorted(trie.branching, key=len)
     node_index = {prefix: j for j, prefix in enumerate(nodes)}
-    jobs = [(i, prefix) for i in range(len(prompts)) for prefix in nodes]
-    if return_states and () not in node_index:
-        jobs += [(i, ()) for i in range(len(prompts))]
-    jobs.sort(key=lambda job: len(prompts[job[0]]) + len(job[1]))  # similar lengths share a batch
-    log_cond = np.zeros((len(prompts), len(nodes), max(1, max((len(trie.children[p]) for p in nodes), default=1))))
+    log_cond = np.zeros((len(prompts), len(nodes), max([len(trie.children[p]) for p in nodes], default=1)))
     states: Optional[np.ndarray] = None
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
-        want = return_states and any(prefix == () for _, prefix in chunk)
-        logits, hidden = _last_logits_and_states(model, [list(prompts[i]) + list(p) for i, p in chunk], pad_id, want)
-        for row, (i, prefix) in enumerate(chunk):
-            if want and prefix == ():
-                if states is None:
-                    states = np.zeros((len(prompts), hidden.shape[1]), dtype=np.float32)
-                states[i] = hidden[row].cpu().numpy()
-            if prefix in node_index:
-                allowed = trie.children[prefix]
-                log_cond[i, node_index[prefix], :len(allowed)] = torch.log_softmax(
-                    logits[row, allowed], dim=0).double().cpu().numpy()
+    order = np.argsort([len(p) for p in prompts], kind="stable")  # similar lengths share a batch
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        run = _shared_prompt_pass if shared_prompt else _full_pass
+        logits, last = run(model, [prompts[i] for i in idx], nodes, pad_id)
+        if nodes:
+            log_cond[idx, :, :] = _log_cond_from_logits(logits, trie, nodes)
+        if return_states:
+            if states is None:
+                states = np.zeros((len(prompts), last.shape[1]), dtype=np.float32)
+            states[idx] = last.cpu().numpy()
     log_p = np.zeros((len(prompts), len(trie.sequences)))
     for c, seq in enumerate(trie.sequences):
         for k in range(len(seq)):

@@ -32,7 +32,7 @@ def test_probabilities_equal_a_hand_computation_and_sum_to_one():
     trie = AnswerTrie(CANDIDATES, EOS)
     model = TableLM(table)
     prompts = [[6, 7], [8]]
-    probs, states = score_answers(model, prompts, trie, PAD, batch_size=3, return_states=True)
+    probs, states = score_answers(model, prompts, trie, PAD, batch_size=3, return_states=True, shared_prompt=False)
 
     def restricted(last: int, allowed: list[int], token: int) -> float:
         z = table[last, allowed]
@@ -94,3 +94,17 @@ def test_greedy_generation_follows_the_largest_allowed_logit():
 def test_two_candidates_with_the_same_tokens_are_refused():
     with pytest.raises(ValueError, match="same ids"):
         AnswerTrie([(1, EOS), (1, EOS)], EOS)
+
+
+def test_shared_prompt_cache_gives_the_scores_of_full_passes():
+    from ctvl.config import DecoderConfig
+    from ctvl.models.decoder import build_tiny_decoder
+
+    torch.manual_seed(2)
+    model = build_tiny_decoder(DecoderConfig(), vocab_size=10, bos_token_id=8, eos_token_id=EOS, pad_token_id=PAD)
+    trie = AnswerTrie(CANDIDATES, EOS)
+    prompts = [[8, 6, 7, 6], [8, 7], [8, 6, 6]]  # unequal lengths: right padding under the shared cache
+    shared, s_states = score_answers(model, prompts, trie, PAD, batch_size=2, return_states=True)
+    full, f_states = score_answers(model, prompts, trie, PAD, batch_size=2, return_states=True, shared_prompt=False)
+    np.testing.assert_allclose(shared, full, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(s_states, f_states, rtol=1e-5, atol=1e-6)

@@ -707,3 +707,14 @@ class DistillConfig:
     def __post_init__(self):
         if self.augment < 0 or self.epochs <= 0 or self.knn < 1:
             raise ValueError(f"need augment >= 0, epochs > 0, knn >= 1; got {self.augment}, {self.epochs}, {self.knn}")
+
+
+@dataclass(frozen=True)
+class DistillRunConfig:
+    """Everything ``ctvl distill`` reads (``configs/distill/*.yaml``; saved as the run's ``run_config.yaml``)."""
+
+    tabular: TabularConfig = field(default_factory=TabularConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

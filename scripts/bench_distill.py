@@ -20,18 +20,23 @@ from pathlib import Path
 
 import numpy as np
 
-from ctvl.config import DecoderConfig, DistillConfig, LoRAConfig, TabularConfig, TrainConfig, from_dict
+from ctvl.config import (
+    DecoderConfig,
+    DistillConfig,
+    DistillRunConfig,
+    LoRAConfig,
+    TabularConfig,
+    TrainConfig,
+    load_config,
+)
 from ctvl.workflows.distill import run_distill
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_tiny() -> tuple[DistillConfig, DecoderConfig, LoRAConfig, TrainConfig]:
-    import yaml
-
-    raw = yaml.safe_load((ROOT / "configs" / "distill" / "tiny.yaml").read_text())
-    return (from_dict(DistillConfig, raw["distill"]), from_dict(DecoderConfig, raw["decoder"]),
-            from_dict(LoRAConfig, raw["lora"]), from_dict(TrainConfig, raw["train"]))
+    run = load_config(DistillRunConfig, ROOT / "configs" / "distill" / "tiny.yaml")
+    return run.distill, run.decoder, run.lora, run.train
 
 
 def row_values(m: dict) -> dict[str, float]:

@@ -6,6 +6,7 @@ import pytest
 
 from ctvl.config import (
     CTVLConfig,
+    DistillRunConfig,
     PreprocessConfig,
     RunConfig,
     SyntheticCohortConfig,
@@ -24,6 +25,7 @@ SCHEMA = {
     "train": RunConfig,
     "vqa": QuestionSet,
     "clinical": ClinicalTextConfig,
+    "distill": DistillRunConfig,
 }
 
 

@@ -32,9 +32,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from ctvl.config import DecoderConfig, DistillConfig, LoRAConfig, TabularConfig, TrainConfig, to_dict
+from ctvl.config import (
+    DecoderConfig,
+    DistillConfig,
+    DistillRunConfig,
+    LoRAConfig,
+    TabularConfig,
+    TrainConfig,
+    save_config,
+    to_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -217,9 +225,7 @@ def run_distill(table_cfg: TabularConfig, cfg: DistillConfig, decoder: DecoderCo
                               "student_log_hazard": student_h, "generated": generated_col, "parse_ok": ok_col}),
                 out / "predictions.csv", "predictions")
     (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
-    (out / "run_config.yaml").write_text(yaml.safe_dump(
-        {"tabular": to_dict(table_cfg), "distill": to_dict(cfg), "decoder": to_dict(decoder), "lora": to_dict(lora),
-         "train": to_dict(train)}, sort_keys=False))
+    save_config(DistillRunConfig(table_cfg, cfg, decoder, lora, train), out / "run_config.yaml")
     model.save_pretrained(out / "student")
     tokenizer.save_pretrained(out / "student")
     if cfg.tsne:

@@ -43,15 +43,15 @@ def log0(msg: str, *args) -> None:
         log.info(msg, *args)
 
 
-
 @dataclass
 class FitResult:
     out_dir: Optional[Path]
+    """The run folder (None: a run that kept nothing on disk)."""
     steps: int
     history: list[dict] = field(default_factory=list)
-    """One row per log step: step, loss, lm_loss, surv_loss, lr, samples/s, tokens/s."""
+    """One row per log step: step, the task's logged fields, its extra columns, lr, samples/s (tokens/s)."""
     evals: list[dict] = field(default_factory=list)
-    """One row per evaluation: step, val_lm_loss, val_c_index."""
+    """One row per evaluation: step and the task's metrics."""
 
 
 @dataclass
@@ -70,6 +70,7 @@ class TrainingTask:
     name: str
     """Progress-bar label."""
     logged: tuple[str, ...] = ("loss",)
+    """Output fields written to the log rows (``loss`` first)."""
     extra_log: Optional[Callable[[Any], dict]] = None
     """Last micro-batch's output -> more columns of the log row (e.g. the logit scale)."""
     count_tokens: bool = False

@@ -7,7 +7,15 @@ import pandas as pd
 import pytest
 
 from ctvl.cli import main
-from ctvl.config import DecoderConfig, DistillConfig, LoRAConfig, TabularConfig, TrainConfig
+from ctvl.config import (
+    DecoderConfig,
+    DistillConfig,
+    DistillRunConfig,
+    LoRAConfig,
+    TabularConfig,
+    TrainConfig,
+    load_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +35,8 @@ def test_smoke_student_ranks_patients_and_every_answer_parses(gbsg2_run):
     assert m["fidelity"]["spearman_student_teacher"] > 0.8
     assert m["hidden_states"]["smoothness_trained"] > m["hidden_states"]["smoothness_untrained"]
     assert set(m["scores"]) == {"teacher", "student", "student_greedy", "coxph"}
+    run = load_config(DistillRunConfig, gbsg2_run / "run_config.yaml")  # the run's config reloads as its schema
+    assert run.tabular.dataset == "gbsg2" and run.distill.augment == 4 and run.train.max_steps == m["student"]["steps"]
     for name in ("predictions.csv", "run_config.yaml", "covariate_encoder.json", "student/model.safetensors",
                  "student/tokenizer.json", "hidden_states_tsne.png"):
         assert (gbsg2_run / name).is_file(), name

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Optional
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -85,10 +86,11 @@ def _from_local_dir(path: Path, trust_remote_code: bool) -> PreTrainedTokenizerB
         return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
 
 
-def add_missing_tokens(tokenizer: PreTrainedTokenizerBase, image_token: str = "<image>") -> int:
-    """Add ``image_token`` (special) and a ``<pad>`` pad token when missing; returns how many were added."""
+def add_missing_tokens(tokenizer: PreTrainedTokenizerBase, image_token: Optional[str] = "<image>") -> int:
+    """Add ``image_token`` (special; None: none, for text-only models) and a ``<pad>`` pad token when missing;
+    returns how many were added."""
     added = 0
-    if image_token not in tokenizer.get_vocab():
+    if image_token is not None and image_token not in tokenizer.get_vocab():
         added += tokenizer.add_tokens([image_token], special_tokens=True)
     if tokenizer.pad_token is None:
         added += tokenizer.add_special_tokens({"pad_token": SPECIAL_TOKENS["pad_token"]})
@@ -96,13 +98,14 @@ def add_missing_tokens(tokenizer: PreTrainedTokenizerBase, image_token: str = "<
 
 
 def load_tokenizer(
-    path: str | Path, image_token: str = "<image>", trust_remote_code: bool = False
+    path: str | Path, image_token: Optional[str] = "<image>", trust_remote_code: bool = False
 ) -> PreTrainedTokenizerBase:
     """Load a tokenizer from a local directory (no network) and make sure ``<image>`` and pad exist.
 
     Args:
         path: directory with ``tokenizer.json`` and/or ``tokenizer.model`` + ``tokenizer_config.json``.
-        image_token: placeholder token to add when absent.
+        image_token: placeholder token to add when absent; None for a text-only use (no new row in the
+            embeddings, so a LoRA adapter need not save them).
         trust_remote_code: allow custom tokenizer code from ``path`` (off by default).
 
     Returns:

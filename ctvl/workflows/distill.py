@@ -81,7 +81,8 @@ def build_student(decoder: DecoderConfig, lora: LoRAConfig, corpus: list[str], s
     if decoder.path is None:
         tokenizer = make_tokenizer(corpus, vocab_size=decoder.tokenizer_vocab_size)
         return load_decoder(decoder, vocab_size=len(tokenizer)), tokenizer
-    tokenizer = load_tokenizer(decoder.tokenizer or decoder.path, trust_remote_code=decoder.trust_remote_code)
+    tokenizer = load_tokenizer(decoder.tokenizer or decoder.path, image_token=None,
+                               trust_remote_code=decoder.trust_remote_code)
     model = load_decoder(decoder)
     resize_embeddings(model, len(tokenizer))
     return (apply_lora(model, lora) if lora.r > 0 else model), tokenizer

@@ -108,3 +108,13 @@ def test_shared_prompt_cache_gives_the_scores_of_full_passes():
     full, f_states = score_answers(model, prompts, trie, PAD, batch_size=2, return_states=True, shared_prompt=False)
     np.testing.assert_allclose(shared, full, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(s_states, f_states, rtol=1e-5, atol=1e-6)
+
+
+def test_text_only_tokenizer_gets_no_image_token(tmp_path):
+    """A distillation student's tokenizer keeps the model's vocabulary (no embedding resize, small adapters)."""
+    from ctvl.models.tokenizer import load_tokenizer, make_tokenizer
+
+    tok = make_tokenizer(["a patient aged 54", "risk 42"], vocab_size=300, image_token="<img>")
+    tok.save_pretrained(tmp_path)
+    assert len(load_tokenizer(tmp_path, image_token=None)) == len(tok)
+    assert len(load_tokenizer(tmp_path)) == len(tok) + 1  # the VLM's <image> is added

@@ -75,14 +75,17 @@ class TrieLogitsProcessor(LogitsProcessor):
         return scores + mask
 
 
-def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.as_tensor(p)
-        mask[i, width - len(p):] = 1
-    return ids, mask
+def _pad(rows: Sequence[Sequence[int]], pad_id: int, device, left: bool = False):
+    """Id lists -> ``ids (R, L)``, ``mask (R, L)`` and ``lengths (R,)`` (long, on ``device``), padded on the
+    right (``left``: on the left, as batched ``generate`` needs)."""
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    width = int(lengths.max())
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, slice(width - len(r), width) if left else slice(0, len(r))] = torch.as_tensor(r, dtype=torch.long)
+    positions = torch.arange(width)[None]
+    mask = (positions >= (width - lengths)[:, None]) if left else (positions < lengths[:, None])
+    return ids.to(device), mask.long().to(device), lengths.to(device)
 
 
 def _device(model) -> torch.device:
@@ -100,8 +103,7 @@ def generate_constrained(model, prompts: Sequence[Sequence[int]], trie: AnswerTr
     longest = max(len(s) for s in trie.sequences)
     out: list[tuple[int, ...]] = []
     for start in range(0, len(prompts), batch_size):
-        ids, mask = _left_pad(prompts[start:start + batch_size], pad_id)
-        ids, mask = ids.to(_device(model)), mask.to(_device(model))
+        ids, mask, _ = _pad(prompts[start:start + batch_size], pad_id, _device(model), left=True)
         gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=longest, do_sample=False,
                              logits_processor=LogitsProcessorList([TrieLogitsProcessor(trie, ids.shape[1])]),
                              pad_token_id=pad_id, eos_token_id=trie.eos_token_id)
@@ -113,15 +115,10 @@ def generate_constrained(model, prompts: Sequence[Sequence[int]], trie: AnswerTr
 
 def _last_logits_and_states(model, sequences: list[list[int]], pad_id: int, want_states: bool):
     """Right-padded forward; logits (B, V) and last-layer states (B, H) at each sequence's last token."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(sequences):
-        ids[i, :len(s)] = torch.as_tensor(s)
-        mask[i, :len(s)] = 1
     device = _device(model)
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=want_states)
-    last = (mask.sum(dim=1) - 1).to(device)
+    ids, mask, lengths = _pad(sequences, pad_id, device)
+    out = model(input_ids=ids, attention_mask=mask, output_hidden_states=want_states)
+    last = lengths - 1
     rows = torch.arange(len(sequences), device=device)
     logits = out.logits[rows, last].float()
     states = out.hidden_states[-1][rows, last].float() if want_states else None
@@ -147,12 +144,7 @@ def _shared_prompt_pass(model, prompts: Sequence[Sequence[int]], nodes: list, pa
     decoder = base_model(model).get_decoder()
     head = model.get_output_embeddings()
     b, n = len(prompts), len(nodes)
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
-    width = int(lengths.max())
-    ids = torch.full((b, width), pad_id, dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        ids[i, :len(p)] = torch.as_tensor(p, device=device)
-    mask = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
+    ids, mask, lengths = _pad(prompts, pad_id, device)
     hidden, cache = run_with_cache(decoder, input_ids=ids, attention_mask=mask)  # (B, Lp, H)
     rows = torch.arange(b, device=device)
     last = hidden[rows, lengths - 1]  # (B, H): the state before the answer
@@ -162,11 +154,7 @@ def _shared_prompt_pass(model, prompts: Sequence[Sequence[int]], nodes: list, pa
         logits[:, nodes.index(())] = head(last).float()
     if deep:
         cache.batch_repeat_interleave(len(deep))  # (B, ...) -> (B * D, ...), prompt-major
-        s_len = torch.tensor([len(nodes[j]) for j in deep], device=device)
-        s_ids = torch.full((len(deep), int(s_len.max())), pad_id, dtype=torch.long, device=device)
-        for k, j in enumerate(deep):
-            s_ids[k, :len(nodes[j])] = torch.as_tensor(nodes[j], device=device)
-        s_mask = (torch.arange(s_ids.shape[1], device=device)[None] < s_len[:, None]).long()
+        s_ids, s_mask, s_len = _pad([nodes[j] for j in deep], pad_id, device)
         s_ids, s_mask, s_len = s_ids.repeat(b, 1), s_mask.repeat(b, 1), s_len.repeat(b)
         positions = lengths.repeat_interleave(len(deep))[:, None] + torch.arange(s_ids.shape[1], device=device)
         full_mask = torch.cat([mask.repeat_interleave(len(deep), dim=0), s_mask], dim=1)

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import torch
 
 from ctvl.config import IGNORE_INDEX, TrainConfig
+from ctvl.data.prompts import collate_examples
 from ctvl.data.sampler import EpochBatchSampler
 from ctvl.train.engine import build_engine, rank, world_size
 from ctvl.train.loop import FitResult, TrainingTask, batch_stream, fit
@@ -23,25 +24,18 @@ from ctvl.train.loop import FitResult, TrainingTask, batch_stream, fit
 
 def answer_examples(case_ids: Sequence[str], prompts: Sequence[Sequence[int]],
                     answers: Sequence[Sequence[int]]) -> list[dict]:
-    """One ``{"case_id", "input_ids", "labels"}`` per (prompt, answer); labels mask the prompt."""
+    """One ``{"case_id", "input_ids", "attention_mask", "labels"}`` per (prompt, answer); labels mask the prompt."""
     if not len(case_ids) == len(prompts) == len(answers):
         raise ValueError(f"{len(case_ids)} ids, {len(prompts)} prompts and {len(answers)} answers")
-    return [{"case_id": c, "input_ids": list(p) + list(a), "labels": [IGNORE_INDEX] * len(p) + list(a)}
-            for c, p, a in zip(case_ids, prompts, answers)]
+    return [{"case_id": c, "input_ids": list(p) + list(a), "attention_mask": [1] * (len(p) + len(a)),
+             "labels": [IGNORE_INDEX] * len(p) + list(a)} for c, p, a in zip(case_ids, prompts, answers)]
 
 
 def collate_answers(items: list[dict], pad_token_id: int) -> tuple[dict, dict]:
-    """Right-padded ``input_ids``, ``attention_mask``, ``labels`` ``(B, L)``; meta ``case_id``."""
-    width = max(len(it["input_ids"]) for it in items)
-    ids = torch.full((len(items), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for i, it in enumerate(items):
-        n = len(it["input_ids"])
-        ids[i, :n] = torch.as_tensor(it["input_ids"])
-        labels[i, :n] = torch.as_tensor(it["labels"])
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}, {"case_id": [it["case_id"] for it in items]}
+    """Right-padded ``input_ids``, ``attention_mask``, ``labels`` ``(B, L)`` (``collate_examples``); meta ``case_id``."""
+    keys = ("input_ids", "attention_mask", "labels")
+    tensors = [{k: torch.as_tensor(it[k], dtype=torch.long) for k in keys} for it in items]
+    return collate_examples(tensors, pad_token_id), {"case_id": [it["case_id"] for it in items]}
 
 
 def fit_answer_lm(model, examples: list[dict], tc: TrainConfig, pad_token_id: int,

@@ -14,21 +14,20 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ctvl.config import TrainConfig
+from ctvl.config import IGNORE_INDEX, TrainConfig
+from ctvl.data.prompts import collate_examples
 from ctvl.data.sampler import EpochBatchSampler
 from ctvl.train.engine import build_engine, rank, world_size
 from ctvl.train.loop import FitResult, TrainingTask, batch_stream, fit
 
 
 def collate_prompts(items: list[dict], pad_token_id: int) -> tuple[dict, dict]:
-    """Right-padded ``input_ids`` / ``attention_mask`` ``(B, L)``, ``event`` (B,) bool, ``time`` (B,) float."""
-    width = max(len(it["input_ids"]) for it in items)
-    ids = torch.full((len(items), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for i, it in enumerate(items):
-        ids[i, :len(it["input_ids"])] = torch.as_tensor(it["input_ids"])
-        mask[i, :len(it["input_ids"])] = 1
-    inputs = {"input_ids": ids, "attention_mask": mask,
+    """Right-padded ``input_ids`` / ``attention_mask`` ``(B, L)`` (``collate_examples``), ``event`` (B,) bool,
+    ``time`` (B,) float."""
+    ids = [torch.as_tensor(it["input_ids"], dtype=torch.long) for it in items]
+    padded = collate_examples([{"input_ids": t, "attention_mask": torch.ones_like(t),
+                                "labels": torch.full_like(t, IGNORE_INDEX)} for t in ids], pad_token_id)
+    inputs = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"],
               "event": torch.tensor([it["event"] for it in items], dtype=torch.bool),
               "time": torch.tensor([it["time"] for it in items], dtype=torch.float32)}
     return inputs, {"case_id": [it["case_id"] for it in items]}

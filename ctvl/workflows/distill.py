@@ -142,8 +142,9 @@ def run_distill(table_cfg: TabularConfig, cfg: DistillConfig, decoder: DecoderCo
     train_answers = encoding.encode(np.r_[teacher_h[tr], extra_h])
     corpus = train_texts + [f" {c}" for c in encoding.candidates] * 3  # the tiny student's BPE corpus
     model, tokenizer = build_student(decoder, lora, corpus, cfg.seed)
-    trie = AnswerTrie(answer_token_ids(tokenizer, encoding.candidates), tokenizer.eos_token_id)
-    answer_ids = dict(zip(encoding.candidates, answer_token_ids(tokenizer, encoding.candidates)))
+    candidate_ids = answer_token_ids(tokenizer, encoding.candidates)
+    trie = AnswerTrie(candidate_ids, tokenizer.eos_token_id)
+    answer_ids = dict(zip(encoding.candidates, candidate_ids))
     prompts = _prompt_ids(tokenizer, texts)
     pad = tokenizer.pad_token_id
     untrained_states = last_token_states(model, [prompts[i] for i in te], pad, cfg.score_batch_size)

@@ -111,7 +111,8 @@ def test_one_training_loop_calls_backward():
     """Stages 0-2 and encoder pre-training train in ``train.loop.fit``; the engines wrap ``backward``.
 
     The one other caller is the survival layer's scikit-learn-style DeepSurv/DeepHit baselines
-    (``survival.baselines._train``): the survival layer sits below ``train`` and cannot use its loop.
+    and treatment models (``survival.network_fit.fit_network``): the survival layer sits below ``train``
+    and cannot use its loop.
     """
     callers = {f for f in _functions_calling("backward") if not f.startswith("ctvl.train.engine.")}
-    assert callers == {"ctvl.train.loop.fit", "ctvl.survival.baselines._train"}
+    assert callers == {"ctvl.train.loop.fit", "ctvl.survival.network_fit.fit_network"}

@@ -48,6 +48,7 @@ from ctvl.survival.metrics import (
     integrated_brier_score,
     uno_c,
 )
+from ctvl.survival.network_fit import fit_network
 
 logger = logging.getLogger(__name__)
 
@@ -115,31 +116,14 @@ def _rsf(X, event, time, X_test, times, seed, n_estimators: int = 100, min_sampl
     return model.predict(X_test), _step(model.unique_times_, surv, times)
 
 
-def _train(net: torch.nn.Module, X: np.ndarray, loss_fn: Callable, targets: Sequence[torch.Tensor], seed: int,
-           epochs: int, batch_size: int, lr: float, weight_decay: float) -> None:
-    """Adam on shuffled mini-batches; ``loss_fn(net(x_batch), *target_batches)``."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.as_tensor(X, dtype=torch.float32)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    net.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(x.shape[0], generator=gen).split(batch_size):
-            if idx.numel() < 2:
-                continue  # a lone sample has no risk set to compare against
-            loss = loss_fn(net(x[idx]), *(t[idx] for t in targets))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    net.eval()
-
-
 def _deepsurv(X, event, time, X_test, times, seed, hidden=(32, 32), dropout: float = 0.1, epochs: int = 100,
               batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 1e-4, ties: str = "efron"):
     torch.manual_seed(seed)
     net = CoxHead(X.shape[1], hidden, dropout)
-    targets = (torch.as_tensor(event), torch.as_tensor(time, dtype=torch.float32))
-    _train(net, X, lambda out, e, t: neg_partial_log_likelihood(out, e, t, ties=ties), targets, seed,
-           epochs, batch_size, lr, weight_decay)
+    tensors = (torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(event),
+               torch.as_tensor(time, dtype=torch.float32))
+    fit_network(net, lambda x, e, t: neg_partial_log_likelihood(net(x), e, t, ties=ties), tensors, seed=seed,
+                epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay)
     with torch.no_grad():
         train_hz = net(torch.as_tensor(X, dtype=torch.float32)).double().numpy()
         risk = net(torch.as_tensor(X_test, dtype=torch.float32)).double().numpy()
@@ -153,9 +137,9 @@ def _deephit(X, event, time, X_test, times, seed, num_bins: int = 20, scheme: st
     disc = TimeDiscretizer(num_bins, scheme=scheme).fit(time, event)
     bin_index, bin_event = disc.transform(time, event)
     net = DeepHitHead(X.shape[1], disc.cuts.size, hidden, dropout)
-    targets = (torch.as_tensor(bin_index), torch.as_tensor(bin_event))
-    _train(net, X, lambda out, b, e: deephit_loss(out, b, e, rank_weight=rank_weight, sigma=sigma), targets,
-           seed, epochs, batch_size, lr, weight_decay)
+    tensors = (torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(bin_index), torch.as_tensor(bin_event))
+    fit_network(net, lambda x, b, e: deephit_loss(net(x), b, e, rank_weight=rank_weight, sigma=sigma), tensors,
+                seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay)
     with torch.no_grad():
         surv = survival_from_logits(net(torch.as_tensor(X_test, dtype=torch.float32))).double().numpy()
     cuts = disc.cuts.astype(np.float64)

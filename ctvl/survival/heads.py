@@ -77,7 +77,7 @@ class ResidualAdapter(nn.Module):
         return x + self.up(self.drop(self.act(self.down(self.norm(x)))))
 
 
-def _mlp(dim: int, hidden: Sequence[int], dropout: float) -> tuple[nn.Sequential, int]:
+def mlp_stack(dim: int, hidden: Sequence[int], dropout: float) -> tuple[nn.Sequential, int]:
     """Linear -> ReLU -> Dropout per hidden width; returns the stack and its output width."""
     layers: list[nn.Module] = []
     width = dim
@@ -103,7 +103,7 @@ class CoxHead(nn.Module):
 
     def __init__(self, dim: int, hidden: Sequence[int] = (), dropout: float = 0.0):
         super().__init__()
-        self.body, width = _mlp(dim, hidden, dropout)
+        self.body, width = mlp_stack(dim, hidden, dropout)
         self.out = nn.Linear(width, 1, bias=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -126,7 +126,7 @@ class DeepHitHead(nn.Module):
         super().__init__()
         if num_bins < 2:
             raise ValueError(f"`num_bins` must be >= 2, got {num_bins}")
-        self.body, width = _mlp(dim, hidden, dropout)
+        self.body, width = mlp_stack(dim, hidden, dropout)
         self.out = nn.Linear(width, num_bins)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

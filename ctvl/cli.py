@@ -21,6 +21,7 @@ Sub-commands:
     demo        the main job on the built-in synthetic cohort with tiny models
     distill     a language model that writes a Cox teacher's risk from a patient sentence (any survival table)
     convert-gguf  a GGUF language model (e.g. SmolLM2 of ctvl[smollm]) -> a local HF folder for --decoder.path
+    treatment   treatment effects: `simulate` a table with known truth, `fit` factorised / S- / T-learner (+ IPW)
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ from ctvl.config import (
     SyntheticCohortConfig,
     TabularConfig,
     TrainConfig,
+    TreatmentConfig,
+    TreatmentSimConfig,
     VisionConfig,
     from_dict,
 )
@@ -286,6 +289,17 @@ def _distill(args: Namespace) -> int:
     return 0
 
 
+def _treatment(args: Namespace) -> int:
+    from ctvl.workflows.treatment import run_treatment_fit, simulate_treatment_table
+
+    if args.action == "simulate":
+        simulate_treatment_table(_as(TreatmentSimConfig, args.simulate.sim), args.simulate.out)
+        return 0
+    fit = args.fit
+    run_treatment_fit(_as(TabularConfig, fit.tabular), _as(TreatmentConfig, fit.treatment), fit.out)
+    return 0
+
+
 def _convert_gguf(args: Namespace) -> int:
     from ctvl.models.gguf import convert_gguf
 
@@ -463,6 +477,29 @@ def _distill_parser() -> ArgumentParser:
     return p
 
 
+def _treatment_parser() -> ArgumentParser:
+    return ArgumentParser(description="Treatment effects on survival: a baseline hazard x a treatment hazard ratio "
+                                      "(factorised), S-/T-learners, IPW; `simulate` writes a table with known truth.")
+
+
+def _treatment_simulate_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Write a simulated table with a known treatment effect (+ truth files).")
+    p.add_argument("--config", action=ActionConfigFile)
+    p.add_argument("--out", required=True, help="Table to write (.csv or .parquet); truth files beside it.")
+    p.add_class_arguments(TreatmentSimConfig, "sim")
+    return p
+
+
+def _treatment_fit_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Fit a treatment model on a survival table (--tabular.table FILE --tabular.time "
+                                   "COL --tabular.event COL --treatment.column COL, or --tabular.dataset aids|gbsg2 ...).")
+    p.add_argument("--config", action=ActionConfigFile)
+    p.add_argument("--out", required=True, help="Output folder (hazard_ratios.csv, metrics.json, model/).")
+    p.add_class_arguments(TabularConfig, "tabular")
+    p.add_class_arguments(TreatmentConfig, "treatment")
+    return p
+
+
 def _convert_gguf_parser() -> ArgumentParser:
     p = ArgumentParser(description="Turn a GGUF language model into a local Hugging Face folder (safetensors + "
                                    "tokenizer) for --decoder.path.")
@@ -486,7 +523,12 @@ COMMANDS: dict[str, tuple[Callable[[], ArgumentParser], Callable[[Namespace], in
     "demo": (_demo_parser, _demo),
     "distill": (_distill_parser, _distill),
     "convert-gguf": (_convert_gguf_parser, _convert_gguf),
+    "treatment": (_treatment_parser, _treatment),
 }
+ACTIONS: dict[str, dict[str, Callable[[], ArgumentParser]]] = {
+    "treatment": {"simulate": _treatment_simulate_parser, "fit": _treatment_fit_parser},
+}
+"""Commands with actions of their own (``ctvl treatment fit``): the action's parser per name."""
 
 
 def build_parser() -> ArgumentParser:
@@ -498,6 +540,11 @@ def build_parser() -> ArgumentParser:
     for name, (make_parser, _) in COMMANDS.items():
         command = make_parser()
         sub.add_subcommand(name, command, help=command.description)
+        if name in ACTIONS:  # jsonargparse: a level's subcommands are added after the level itself
+            actions = command.add_subcommands(dest="action")
+            for action, make_action in ACTIONS[name].items():
+                action_parser = make_action()
+                actions.add_subcommand(action, action_parser, help=action_parser.description)
     return parser
 
 

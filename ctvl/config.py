@@ -718,3 +718,109 @@ class DistillRunConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class TreatmentConfig:
+    """``ctvl treatment fit`` (paper 004): hazard factorisation h(t|x,a) = h0(t|x) exp(a g(t,x)), S-/T-learners, IPW."""
+
+    column: str = "treatment"
+    """Treatment column of the table (0/1, True/False or yes/no); it is taken out of the covariates."""
+    treated_level: str = ""
+    """Value of ``column`` that marks the treated (every other value: control); empty = 0/1, True/False, yes/no."""
+    model: Literal["factorised", "s_learner", "t_learner"] = "factorised"
+    """factorised: baseline network h0(t|x) + log-HR network g(t,x); s_learner: one network on (x, a);
+    t_learner: one network per arm. Same backbone, likelihood and training loop."""
+    subgroups: int = 0
+    """K >= 2 (factorised only): g(t,x) = sum_k pi_k(x) g_k(t), a soft assignment to K subgroups each with its own
+    log-HR over time; 0 = off."""
+    subgroup_entropy: float = 0.05
+    """Weight of the mean per-patient assignment entropy (pushes each patient to one subgroup)."""
+    subgroup_balance: float = 0.05
+    """Weight of minus the entropy of the mean assignment (keeps every subgroup populated: no collapse)."""
+    ipw: bool = False
+    """Weight the likelihood by stabilised inverse propensity weights (propensity cross-fitted)."""
+    propensity_model: Literal["logistic", "mlp"] = "logistic"
+    """Propensity model: L2 logistic regression or a small MLP (scikit-learn)."""
+    propensity_folds: int = 5
+    """Cross-fitting folds of the propensity (1 = in-sample, for comparison only)."""
+    clip_quantile: float = 0.99
+    """Weights above this quantile are set to it (1.0 = no truncation)."""
+    num_intervals: int = 10
+    """Intervals of the piecewise-constant hazard, cut at event-time quantiles of the training rows."""
+    hidden: tuple[int, ...] = (32, 32)
+    """Hidden widths of every network (baseline, log-HR, S-learner, each T-learner arm)."""
+    dropout: float = 0.1
+    """Dropout after each hidden layer."""
+    smooth: float = 0.01
+    """Weight of the summed squared differences of the log-HR between adjacent intervals (smooth over time)."""
+    heterogeneity: float = 1.0
+    """Weight of the log-HR's variance across patients (shrinks towards one HR curve unless the data say otherwise)."""
+    level_lr_scale: float = 10.0
+    """Learning-rate multiple of the factorised model's common log-HR curve (or subgroup curves): J numbers learnt
+    from the treated rows only, slower than the networks without it."""
+    epochs: int = 300
+    """Most passes over the training rows (early stopping on a validation share of them)."""
+    batch_size: int = 256
+    """Rows per step."""
+    lr: float = 3e-3
+    """AdamW learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    validation_fraction: float = 0.15
+    """Share of the training rows held out for early stopping."""
+    patience: int = 30
+    """Epochs without a better validation loss before stopping."""
+    bootstrap: int = 50
+    """Bootstrap refits (of propensity and model) for the bands of the marginal log-HR; 0 = none."""
+    grid_size: int = 20
+    """Times of hazard_ratios.csv and survival_curves.parquet: quantiles 5 %..95 % of the observed times."""
+    seed: int = 0
+    """Seed of the split, the networks, the batches, the folds and the bootstrap."""
+
+    def __post_init__(self):
+        if self.subgroups == 1 or self.subgroups < 0:
+            raise ValueError(f"`--treatment.subgroups` must be 0 (off) or >= 2, got {self.subgroups}")
+        if self.subgroups and self.model != "factorised":
+            raise ValueError("`--treatment.subgroups` needs `--treatment.model factorised`")
+        if not 0.0 < self.clip_quantile <= 1.0:
+            raise ValueError(f"`--treatment.clip_quantile` must be in (0, 1], got {self.clip_quantile}")
+        if self.num_intervals < 1 or self.epochs < 1 or self.bootstrap < 0 or self.propensity_folds < 1:
+            raise ValueError("need num_intervals >= 1, epochs >= 1, bootstrap >= 0, propensity_folds >= 1")
+        if not 0.0 < self.validation_fraction < 0.5:
+            raise ValueError(f"`--treatment.validation_fraction` must be in (0, 0.5), got {self.validation_fraction}")
+
+
+@dataclass(frozen=True)
+class TreatmentSimConfig:
+    """``ctvl treatment simulate``: a table with a known treatment effect (``ctvl.survival.simulate_treatment``)."""
+
+    n: int = 2000
+    """Patients."""
+    num_covariates: int = 6
+    """Covariates x0..x{p-1} (>= 4; x0..x3 drive the hazard)."""
+    treated_fraction: float = 0.5
+    """Expected treated share (0.1 is about 10:1 control:treated)."""
+    confounding: float = 1.0
+    """Log-odds of treatment per unit of the confounder score x0 + 0.5 x2 (0 = randomised)."""
+    effect: Literal["constant", "time_varying", "covariate", "subgroups"] = "constant"
+    """True log-HR: -0.5; -0.8 + 0.32 min(t, 5) (crosses zero); -0.5 + 0.5 x1; or (-1, 0, +0.6) in three
+    latent x0 subgroups."""
+    censoring_rate: float = 0.4
+    """Expected censored share."""
+    grid_size: int = 20
+    """Times of the truth file: quantiles 5 %..95 % of the observed times."""
+    seed: int = 0
+    """Seed of every draw."""
+
+    def __post_init__(self):
+        if not 0.0 < self.treated_fraction < 1.0 or not 0.0 <= self.censoring_rate < 1.0:
+            raise ValueError("need 0 < treated_fraction < 1 and 0 <= censoring_rate < 1")
+
+
+@dataclass(frozen=True)
+class TreatmentRunConfig:
+    """Everything ``ctvl treatment fit`` reads (``configs/treatment/*.yaml``; saved as the run's ``run_config.yaml``)."""
+
+    tabular: TabularConfig = field(default_factory=TabularConfig)
+    treatment: TreatmentConfig = field(default_factory=TreatmentConfig)

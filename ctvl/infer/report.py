@@ -175,6 +175,42 @@ def plot_latent(xy: np.ndarray, risk: np.ndarray, time: np.ndarray, event: np.nd
 # ------------------------------------------------------------------------------ evaluation page
 
 
+def plot_hazard_ratio_curves(times: np.ndarray, curves: dict[str, tuple], time_unit: str = "") -> bytes:
+    """Hazard ratio over time on a log axis, one line per label with an optional band (treatment effects).
+
+    Args:
+        times: (T,) grid.
+        curves: label -> ``(log_hr (T,), lower (T,) or None, upper (T,) or None)``.
+    """
+    fig = _figure()
+    ax = fig.add_subplot()
+    for label, (log_hr, lower, upper) in curves.items():
+        line, = ax.step(times, np.exp(log_hr), where="mid", label=label)
+        if lower is not None:
+            ax.fill_between(times, np.exp(lower), np.exp(upper), step="mid", alpha=0.2, color=line.get_color())
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_yscale("log")
+    ax.set(xlabel=f"time{f' ({time_unit})' if time_unit else ''}", ylabel="hazard ratio (treated / control)")
+    ax.legend(fontsize=8)
+    return figure_png(fig)
+
+
+def plot_survival_by_arm(times: np.ndarray, curves: dict[str, np.ndarray], time_unit: str = "") -> bytes:
+    """Mean survival curves, e.g. everyone under control / under treatment, and Kaplan-Meier per observed arm.
+
+    Args:
+        times: (T,) grid.
+        curves: label -> (T,) survival probabilities (labels starting "KM" are drawn dashed).
+    """
+    fig = _figure()
+    ax = fig.add_subplot()
+    for label, surv in curves.items():
+        _step(ax, times, surv, label=label, ls="--" if label.startswith("KM") else "-")
+    ax.set(xlabel=f"time{f' ({time_unit})' if time_unit else ''}", ylabel="survival", ylim=(0, 1.02))
+    ax.legend(fontsize=8)
+    return figure_png(fig)
+
+
 def _page(title: str, body: str) -> str:
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n")

@@ -32,6 +32,7 @@ def fit_network(
     validation: Optional[Sequence[torch.Tensor]] = None,
     patience: int = 20,
     min_batch: int = 2,
+    param_groups: Optional[list[dict]] = None,
 ) -> dict:
     """Minimise ``loss_fn(*batch)`` over ``epochs`` passes; ``batch`` = each tensor of ``tensors`` at the
     batch's rows (all share dimension 0).
@@ -47,13 +48,15 @@ def fit_network(
             of the best epoch are restored. None: all ``epochs`` run.
         patience: see ``validation``.
         min_batch: batches with fewer rows are skipped (a lone sample has no Cox risk set).
+        param_groups: AdamW parameter groups (``[{"params": [...], "lr": ...}, ...]``) covering every
+            trainable parameter of ``net``; None = one group at ``lr``.
 
     Returns:
         dict with ``epochs`` (run) and ``best_epoch`` / ``best_validation_loss`` (with ``validation``).
     """
     gen = torch.Generator().manual_seed(seed)
     n = tensors[0].shape[0]
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(param_groups or net.parameters(), lr=lr, weight_decay=weight_decay)
     best, best_state, best_epoch, epoch = float("inf"), None, -1, 0
     for epoch in range(1, epochs + 1):
         net.train()

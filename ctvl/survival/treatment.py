@@ -181,13 +181,13 @@ class TreatmentEffectModel:
         return self
 
     def _refit_level(self, x, a, interval, event, exposure, weight) -> None:
-        """Set the common log-HR curve :math:`c` to its penalised maximum-likelihood value given the networks.
+        r"""Set the common log-HR curve :math:`c` to its penalised maximum-likelihood value given the networks.
 
         With :math:`b` and :math:`r` fixed, the treated rows' likelihood in :math:`c_j` is that of a Poisson
         rate: :math:`\sum_j D_j c_j - e^{c_j} R_j` with :math:`D_j = \sum_{i: a_i = 1} w_i d_i [\kappa_i = j]`
         and :math:`R_j = \sum_{i: a_i = 1} w_i e^{b_{ij} + r_{ij}} E_{ij}`; minus that plus
         :math:`\lambda_s \sum_i w_i \sum_j (c_{j+1} - c_j)^2` (the training penalty on the summed scale) plus a ridge
-        :math:`10^{-3} \\sum_i w_i \\lVert c \\rVert^2` (finite where an interval has no treated event) is
+        :math:`10^{-3} \sum_i w_i \lVert c \rVert^2` (finite where an interval has no treated event) is
         convex, minimised by Newton's method. Stochastic steps leave :math:`c` wherever early stopping
         catches it (Adam moves J parameters by about one learning rate per step whatever the gradient).
         """

@@ -14,7 +14,7 @@ from ctvl.config import (
     load_config,
     save_config,
 )
-from ctvl.config import ClinicalTextConfig
+from ctvl.config import ClinicalTextConfig, TreatmentRunConfig
 from ctvl.data.questions import QuestionSet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -26,6 +26,7 @@ SCHEMA = {
     "vqa": QuestionSet,
     "clinical": ClinicalTextConfig,
     "distill": DistillRunConfig,
+    "treatment": TreatmentRunConfig,
 }
 
 

@@ -166,6 +166,7 @@ class TreatmentEffectModel:
         self.event_share_ = counts / counts.sum()
         torch.manual_seed(c.seed)
         self.net = self._build(X.shape[1], self.cuts_.size - 1)
+        self._start_at_crude_rates(counts, exposure.sum(0))
         f32 = lambda v: torch.as_tensor(v, dtype=torch.float32)  # noqa: E731
         tensors = (f32(self._standardise(X)), f32(a), torch.as_tensor(interval), torch.as_tensor(event),
                    f32(exposure), f32(weight))
@@ -210,6 +211,18 @@ class TreatmentEffectModel:
                     break
             net.level.copy_(c.float())
 
+    def _start_at_crude_rates(self, events: np.ndarray, exposure: np.ndarray) -> None:
+        """Output biases of the hazard networks at the pooled log rate of each interval, log(D_j / E_j):
+        times in days put log-hazards near -7, which a zero-initialised output would need thousands of steps
+        to reach."""
+        log_rate = torch.as_tensor(np.log((events + 0.5) / np.maximum(exposure, 1e-12)), dtype=torch.float32)
+        net = self.net
+        outputs = {"factorised": lambda: [net.base.out], "s_learner": lambda: [net.net.out],
+                   "t_learner": lambda: [arm.out for arm in net.arms]}[self.cfg.model]()
+        with torch.no_grad():
+            for layer in outputs:
+                layer.bias.copy_(log_rate)
+
     def _param_groups(self) -> list[dict]:
         """The common log-HR curve (J values, learnt from the treated rows only) at ``level_lr_scale`` x lr."""
         level = [p for n, p in self.net.named_parameters() if n in ("level", "effects")]
@@ -252,7 +265,7 @@ class TreatmentEffectModel:
 
     def log_hazard(self, X, treatment) -> np.ndarray:
         """(n, J) :math:`\\eta_j(x, a)` with ``treatment`` a 0/1 scalar or (n,) array."""
-        a = np.broadcast_to(np.asarray(treatment, np.float64), (np.asarray(X).shape[0],))
+        a = np.broadcast_to(np.asarray(treatment, np.float64), (np.asarray(X).shape[0],)).copy()
         return self._numpy(lambda x: self.net(x, torch.as_tensor(a, dtype=torch.float32)), X)
 
     def survival(self, X, treatment, times) -> np.ndarray:

@@ -45,7 +45,7 @@ from ctvl.survival.piecewise import hazard_cuts, interval_exposure, pc_hazard_nl
 from ctvl.survival.propensity import check_treatment, cross_fit_propensity, effective_sample_size, ipw_weights
 
 __all__ = ["HazardNet", "TreatmentEffectModel", "TreatmentEstimate", "estimate_treatment_effect",
-           "average_log_hr", "marginal_log_hr", "bootstrap_marginal_log_hr"]
+           "average_log_hr", "marginal_log_hr", "bootstrap_marginal_log_hr", "fit_propensity"]
 
 logger = logging.getLogger(__name__)
 
@@ -347,6 +347,13 @@ class TreatmentEstimate:
         return effective_sample_size(self.weight)
 
 
+def fit_propensity(X, treatment, cfg: TreatmentConfig) -> np.ndarray:
+    """(n,) cross-fitted propensity on the standardised covariates, as ``cfg`` sets it."""
+    X = np.asarray(X, np.float64)
+    X = (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1.0)
+    return cross_fit_propensity(X, treatment, model=cfg.propensity_model, folds=cfg.propensity_folds, seed=cfg.seed)
+
+
 def estimate_treatment_effect(X, treatment, time, event, cfg: TreatmentConfig, seed: Optional[int] = None,
                               row_ids=None) -> TreatmentEstimate:
     """Cross-fitted propensity and IPW weights (when ``cfg.ipw``), then the treatment model on them
@@ -355,10 +362,7 @@ def estimate_treatment_effect(X, treatment, time, event, cfg: TreatmentConfig, s
     a = check_treatment(treatment)
     propensity, weight = None, np.ones(a.size)
     if cfg.ipw:
-        Xs = np.asarray(X, np.float64)
-        Xs = (Xs - Xs.mean(0)) / np.where(Xs.std(0) > 0, Xs.std(0), 1.0)
-        propensity = cross_fit_propensity(Xs, a, model=cfg.propensity_model, folds=cfg.propensity_folds,
-                                          seed=cfg.seed)
+        propensity = fit_propensity(X, a, cfg)
         weight = ipw_weights(a, propensity, clip_quantile=None if cfg.clip_quantile >= 1 else cfg.clip_quantile)
     model = TreatmentEffectModel(cfg).fit(X, a, time, event, weight, row_ids)
     return TreatmentEstimate(model, propensity, weight)

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ctvl.config import TabularConfig, TreatmentConfig, TreatmentRunConfig, TreatmentSimConfig, save_config
+from ctvl.utils.atomic import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,9 @@ def cox_reference(treatment, time, event, X=None, weight=None) -> dict:
             "upper": float(row["coef upper 95%"]), "adjusted": X is not None, "weighted": weight is not None}
 
 
-def _subgroup_table(model, X, covariates: pd.DataFrame, treatment, grid) -> pd.DataFrame:
-    """One row per subgroup: size, treated share, log-HR at the grid's median time, mean covariates."""
+def _subgroup_table(model, X, covariates: pd.DataFrame, treatment) -> pd.DataFrame:
+    """One row per subgroup (hard assignment): size, treated share, mean log-HR over time, mean covariates
+    (numeric columns; one-hot shares for categorical ones)."""
     probs = model.subgroup_probabilities(X)
     hard = probs.argmax(1)
     numeric = pd.get_dummies(covariates, dtype=float)
@@ -123,14 +125,46 @@ def _figures(out: Path, grid, curves: dict, model, X, km: dict) -> None:
     (out / "survival_by_arm.png").write_bytes(plot_survival_by_arm(grid, arms))
 
 
+def _write_patient_outputs(out: Path, case_id, is_test, grid, log_hr, model, X) -> None:
+    """hazard_ratios.csv (case_id, split, time, log_hr) and survival_curves.parquet (both arms), long over ``grid``."""
+    from ctvl.data.tables import write_table
+
+    n, T = log_hr.shape
+    ids, times = np.repeat(case_id, T), np.tile(grid, n)
+    write_table(pd.DataFrame({"case_id": ids, "split": np.repeat(np.where(is_test, "test", "train"), T),
+                              "time": times, "log_hr": log_hr.ravel()}), out / "hazard_ratios.csv", "hazard ratios")
+    write_table(pd.DataFrame({"case_id": ids, "time": times, "survival_control": model.survival(X, 0, grid).ravel(),
+                              "survival_treated": model.survival(X, 1, grid).ravel()}),
+                out / "survival_curves.parquet", "survival curves")
+
+
+def _effect_summary(est, X, tr, a, time, event, cfg: TreatmentConfig, grid) -> dict:
+    """Average log-HR (all patients, event-weighted over intervals) and the marginal log-HR over ``grid``, with
+    bootstrap intervals from ``cfg.bootstrap`` refits on the training rows."""
+    from ctvl.survival.treatment import average_log_hr, bootstrap_marginal_log_hr
+
+    model = est.model
+    average = average_log_hr(model.log_hazard_ratio(X), model.event_share_)
+    summary = {"average_log_hr": average, "average_hr": float(np.exp(average)),
+               "marginal_log_hr": {"time": grid.tolist(), "log_hr": model.log_hazard_ratio(X, grid).mean(0).tolist()}}
+    if cfg.bootstrap:
+        curves = bootstrap_marginal_log_hr(X[tr], a[tr], time[tr], event[tr], cfg, np.r_[grid, model.midpoints],
+                                           cfg.bootstrap, seed=cfg.seed)
+        draws = curves[:, grid.size:] @ model.event_share_
+        summary["average_log_hr_ci"] = np.quantile(draws, [0.025, 0.975]).tolist()
+        summary["marginal_log_hr"].update(lower=np.quantile(curves[:, :grid.size], 0.025, axis=0).tolist(),
+                                          upper=np.quantile(curves[:, :grid.size], 0.975, axis=0).tolist())
+    return summary
+
+
 def run_treatment_fit(tabular: TabularConfig, cfg: TreatmentConfig, out: str | Path) -> dict:
     """Fit the treatment model on a table and write the outputs listed in the module doc; returns the metrics."""
     from ctvl.data.tables import write_table
     from ctvl.data.tabular import build_encoder, build_survival_table, split_table
     from ctvl.survival.baselines import evaluation_times, score_predictions
     from ctvl.survival.curves import kaplan_meier
-    from ctvl.survival.propensity import cross_fit_propensity, effective_sample_size, overlap_summary
-    from ctvl.survival.treatment import average_log_hr, bootstrap_marginal_log_hr, estimate_treatment_effect
+    from ctvl.survival.propensity import effective_sample_size, overlap_summary
+    from ctvl.survival.treatment import estimate_treatment_effect, fit_propensity
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -146,46 +180,27 @@ def run_treatment_fit(tabular: TabularConfig, cfg: TreatmentConfig, out: str | P
     grid = np.quantile(time, np.linspace(0.05, 0.95, cfg.grid_size))
 
     log_hr = model.log_hazard_ratio(X, grid)  # (n, T)
-    split_name = np.where(np.isin(np.arange(len(a)), te), "test", "train")
-    write_table(pd.DataFrame({"case_id": np.repeat(table.case_id, grid.size), "split": np.repeat(split_name, grid.size),
-                              "time": np.tile(grid, len(a)), "log_hr": log_hr.ravel()}),
-                out / "hazard_ratios.csv", "hazard ratios")
-    s0, s1 = model.survival(X, 0, grid), model.survival(X, 1, grid)
-    write_table(pd.DataFrame({"case_id": np.repeat(table.case_id, grid.size), "time": np.tile(grid, len(a)),
-                              "survival_control": s0.ravel(), "survival_treated": s1.ravel()}),
-                out / "survival_curves.parquet", "survival curves")
+    _write_patient_outputs(out, table.case_id, np.isin(np.arange(len(a)), te), grid, log_hr, model, X)
 
-    mid = model.midpoints
-    average = average_log_hr(model.log_hazard_ratio(X), model.event_share_)
     metrics = {"model": cfg.model, "ipw": cfg.ipw, "subgroups": cfg.subgroups, "n_train": int(tr.size),
                "n_test": int(te.size), "treated_share": float(a.mean()), "epochs": model.history_,
-               "cuts": model.cuts_.tolist(), "average_log_hr": average, "average_hr": float(np.exp(average)),
-               "marginal_log_hr": {"time": grid.tolist(), "log_hr": log_hr.mean(0).tolist()}}
+               "cuts": model.cuts_.tolist(), **_effect_summary(est, X, tr, a, time, event, cfg, grid)}
     if te.size:
         times = evaluation_times(time[te], time[tr])
         metrics["test"] = score_predictions((event[tr], time[tr]), (event[te], time[te]), model.risk(X[te], a[te]),
                                             model.survival(X[te], a[te], times), times)
-    propensity = est.propensity if est.propensity is not None else cross_fit_propensity(
-        (X[tr] - X[tr].mean(0)) / np.where(X[tr].std(0) > 0, X[tr].std(0), 1.0), a[tr],
-        model=cfg.propensity_model, folds=cfg.propensity_folds, seed=cfg.seed)
+    propensity = est.propensity if est.propensity is not None else fit_propensity(X[tr], a[tr], cfg)
     metrics["propensity"] = {**overlap_summary(a[tr], propensity), "effective_sample_size":
                              effective_sample_size(est.weight), "n": int(tr.size)}
-    band = (None, None)
-    if cfg.bootstrap:
-        curves = bootstrap_marginal_log_hr(X[tr], a[tr], time[tr], event[tr], cfg, np.r_[grid, mid], cfg.bootstrap,
-                                           seed=cfg.seed)
-        draws = curves[:, grid.size:] @ model.event_share_
-        band = tuple(np.quantile(curves[:, :grid.size], q, axis=0) for q in (0.025, 0.975))
-        metrics["average_log_hr_ci"] = np.quantile(draws, [0.025, 0.975]).tolist()
-        metrics["marginal_log_hr"].update(lower=band[0].tolist(), upper=band[1].tolist())
     try:
         metrics["cox"] = {"marginal": cox_reference(a[tr], time[tr], event[tr], weight=est.weight if cfg.ipw else None),
                           "adjusted": cox_reference(a[tr], time[tr], event[tr], X=X[tr])}
     except ImportError:
         log.warning("lifelines is not installed (ctvl[survival-refs]): no Cox reference in metrics.json")
-    curves = {"marginal (all patients)": (log_hr.mean(0), *band)}
+    marginal = metrics["marginal_log_hr"]
+    curves = {"marginal (all patients)": (log_hr.mean(0), marginal.get("lower"), marginal.get("upper"))}
     if cfg.subgroups:
-        groups = _subgroup_table(model, X, covariates, a, grid)
+        groups = _subgroup_table(model, X, covariates, a)
         write_table(groups, out / "subgroups.csv", "subgroups")
         metrics["subgroup_table"] = {"exploratory": True, "rows": groups.to_dict(orient="records")}
         hard = model.subgroup_probabilities(X).argmax(1)
@@ -198,7 +213,9 @@ def run_treatment_fit(tabular: TabularConfig, cfg: TreatmentConfig, out: str | P
     model.save(out / "model")
     encoder.save(out / "covariate_encoder.json")
     save_config(TreatmentRunConfig(tabular, cfg), out / "run_config.yaml")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+    with atomic_open(out / "metrics.json", "w") as fh:
+        json.dump(metrics, fh, indent=1, default=float)
+    average = metrics["average_log_hr"]
     log.info("%s%s: average HR %.3f (log %.3f)%s", cfg.model, " + IPW" if cfg.ipw else "", np.exp(average), average,
              f", test C {metrics['test']['c_index']:.3f}" if "test" in metrics else "")
     return metrics

@@ -2,7 +2,7 @@
 truth and on randomised trials shipped offline (ACTG320 ``tx``, GBSG2 ``horTh``) against lifelines' Cox model.
 
     python scripts/bench_treatment.py --out runs/bench_treatment            # every part, ~25 min on 2 cores
-    python scripts/bench_treatment.py --out runs/bench_treatment --parts grid --seeds 5
+    python scripts/bench_treatment.py --out runs/bench_treatment --parts grid --seeds 5 --fractions 0.1
 
 Parts (each writes ``<out>/<part>.json`` and prints its table):
 
@@ -63,8 +63,8 @@ def _score(est, X, a, time, event, effect, train, test) -> dict:
 def part_grid(args) -> dict:
     rows = []
     for n in args.n:
-        for fraction in (0.1, 0.5):
-            for effect in ("constant", "time_varying", "subgroups"):
+        for fraction in args.fractions:
+            for effect in args.effects:
                 for seed in range(args.seeds):
                     X, a, time, event = _cohort(n, fraction, effect, seed)
                     train, test = _split(n, seed)
@@ -87,8 +87,8 @@ def part_grid(args) -> dict:
               f"| {mean['avg_bias']:+.3f} | {mean['c_index']:.3f} | {mean['ibs']:.3f} |")
     print("\nfactorised RMSE / S-learner RMSE, / T-learner RMSE, and C(factorised) - C(S) (IPW off):")
     for n in args.n:
-        for fraction in (0.1, 0.5):
-            for effect in ("constant", "time_varying", "subgroups"):
+        for fraction in args.fractions:
+            for effect in args.effects:
                 m = {model: summary[str((n, fraction, effect, model, False))] for model in MODELS}
                 print(f"  n={n} treated={fraction} {effect:12s}: {m['factorised']['rmse'] / m['s_learner']['rmse']:.2f}, "
                       f"{m['factorised']['rmse'] / m['t_learner']['rmse']:.2f}, "
@@ -180,6 +180,8 @@ def main(argv=None) -> None:
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--n", type=int, nargs="+", default=[2000])
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.5], help="treated fractions of the grid")
+    p.add_argument("--effects", nargs="+", default=["constant", "time_varying", "subgroups"], help="grid effects")
     p.add_argument("--bootstrap", type=int, default=20)
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -188,7 +190,8 @@ def main(argv=None) -> None:
         start = _time.perf_counter()
         print(f"== {part}", flush=True)
         result = PARTS[part](args)
-        (out / f"{part}.json").write_text(json.dumps(result, indent=1, default=float))
+        name = part if part != "grid" else f"grid_{'_'.join(map(str, args.fractions))}"
+        (out / f"{name}.json").write_text(json.dumps(result, indent=1, default=float))
         print(f"== {part}: {_time.perf_counter() - start:.0f} s\n", flush=True)
 
 

@@ -276,7 +276,7 @@ def censoring_survival(train_event, train_time, times) -> np.ndarray:
     Returns:
         np.ndarray (m,) float64.
     """
-    return _read_step(*_censoring_curve(train_event, train_time), times)
+    return read_step(*_censoring_curve(train_event, train_time), times)
 
 
 def _censoring_curve(train_event, train_time) -> tuple[np.ndarray, np.ndarray]:
@@ -286,7 +286,7 @@ def _censoring_curve(train_event, train_time) -> tuple[np.ndarray, np.ndarray]:
     return uniq, np.cumprod(1.0 - np.divide(c, r - d, out=np.zeros(c.shape), where=c > 0))
 
 
-def _read_step(uniq: np.ndarray, g: np.ndarray, times) -> np.ndarray:
+def read_step(uniq: np.ndarray, g: np.ndarray, times) -> np.ndarray:
     """Right-continuous step curve (uniq, g) at ``times``: 1 before ``uniq[0]``, last value after."""
     idx = np.searchsorted(uniq, np.asarray(times, dtype=np.float64), side="right") - 1
     return np.where(idx >= 0, g[np.maximum(idx, 0)], 1.0)
@@ -304,7 +304,7 @@ def _inverse(g: np.ndarray, what: str) -> np.ndarray:
 def _event_weights(curve: tuple[np.ndarray, np.ndarray], event: np.ndarray, time: np.ndarray) -> np.ndarray:
     """IPCW of each test sample from the censoring ``curve``: 1/G(y_i) for events, 0 if censored."""
     weights = np.zeros(time.size)
-    weights[event] = _inverse(_read_step(*curve, time[event]), "test event times")
+    weights[event] = _inverse(read_step(*curve, time[event]), "test event times")
     return weights
 
 
@@ -346,7 +346,7 @@ def brier_score(train_event, train_time, event, time, surv, times) -> np.ndarray
     surv = _check_surv_matrix(surv, time.size, times.size, "surv")
     curve = _censoring_curve(train_event, train_time)
     w_case = _event_weights(curve, event, time)
-    w_ctrl = _inverse(_read_step(*curve, times), "evaluation times")
+    w_ctrl = _inverse(read_step(*curve, times), "evaluation times")
     if time.size * times.size <= _DENSE_MAX:
         past = time[:, None] <= times  # (n, T); products with the mask beat np.where on random masks
         miss = np.square(1.0 - surv)

@@ -14,7 +14,8 @@ patient :math:`i` has hazard :math:`\lambda_{ij} = \exp(\eta_{ij})`. With exposu
 Survival: :math:`S(t) = \exp(-\sum_j e^{\eta_j} E_j(t))`, the last interval extended beyond
 :math:`\tau_J`.
 
-Entry points: :func:`hazard_cuts`, :func:`interval_exposure`, :func:`pc_hazard_nll`, :func:`pc_survival`.
+Entry points: :func:`hazard_cuts`, :func:`interval_index`, :func:`interval_exposure`, :func:`pc_hazard_nll`,
+:func:`pc_survival`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["hazard_cuts", "interval_exposure", "pc_hazard_nll", "pc_survival", "interval_midpoints"]
+__all__ = ["hazard_cuts", "interval_index", "interval_exposure", "pc_hazard_nll", "pc_survival",
+           "interval_midpoints"]
 
 
 def hazard_cuts(time, event, num_intervals: int) -> np.ndarray:
@@ -50,6 +52,18 @@ def interval_midpoints(cuts) -> np.ndarray:
     return 0.5 * (cuts[:-1] + cuts[1:])
 
 
+def interval_index(time, cuts) -> np.ndarray:
+    """(n,) int64 interval j of each time: :math:`\\tau_j < t \\le \\tau_{j+1}`, 0 for t <= 0 and the last
+    interval beyond the last cut.
+
+    >>> interval_index(np.array([0.0, 1.0, 1.5, 9.0]), np.array([0.0, 1.0, 3.0])).tolist()
+    [0, 0, 1, 1]
+    """
+    cuts = np.asarray(cuts, np.float64)
+    index = np.searchsorted(cuts, np.asarray(time, np.float64), side="left") - 1
+    return np.clip(index, 0, cuts.size - 2).astype(np.int64)
+
+
 def interval_exposure(time, cuts, extend_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(interval (n,) int64, exposure (n, J) float64)`` of times ``t`` against ``cuts``.
 
@@ -69,8 +83,7 @@ def interval_exposure(time, cuts, extend_last: bool = False) -> tuple[np.ndarray
     exposure = np.clip(time[:, None] - cuts[None, :-1], 0.0, widths[None, :])
     if extend_last:
         exposure[:, -1] = np.maximum(time - cuts[-2], 0.0)
-    interval = np.clip(np.searchsorted(cuts, time, side="left") - 1, 0, widths.size - 1)
-    return interval.astype(np.int64), exposure
+    return interval_index(time, cuts), exposure
 
 
 def pc_hazard_nll(log_hazard: torch.Tensor, interval: torch.Tensor, event: torch.Tensor, exposure: torch.Tensor,

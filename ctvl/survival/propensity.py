@@ -24,12 +24,10 @@ __all__ = ["check_treatment", "cross_fit_propensity", "ipw_weights", "effective_
 def check_treatment(treatment, where: str = "treatment") -> np.ndarray:
     """(n,) int64 0/1 from a binary column; a ValueError naming the bad rows (1-based) or the empty arm."""
     values = np.asarray(treatment)
-    numeric = np.asarray(values, dtype=np.float64) if values.dtype != object else None
-    if numeric is None:
-        try:
-            numeric = values.astype(np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where} must be 0/1; found values {sorted(set(map(str, values)))[:5]}") from None
+    try:
+        numeric = values.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be 0/1; found values {sorted(set(map(str, values)))[:5]}") from None
     bad = np.flatnonzero(~np.isin(numeric, (0.0, 1.0)))
     if bad.size:
         rows = ", ".join(str(i + 1) for i in bad[:5])

@@ -18,7 +18,8 @@ differ only in how treatment enters:
 The factorised model's explicit log-HR is regularised: :math:`\lambda_s\,\text{mean}_i \sum_j
 (g_{i,j+1} - g_{ij})^2` (smooth over time) + :math:`\lambda_h\,\text{mean}_{ij}\, r_{ij}^2` (one HR curve
 unless the data say otherwise); the S- and T-learners have no log-HR term to regularise and are fitted by
-the plain likelihood (penalising their implied log-HR teaches them to ignore the treatment). Sample weights (IPW, :mod:`ctvl.survival.propensity`) weight the likelihood.
+the plain likelihood (penalising their implied log-HR teaches them to ignore the treatment). Sample weights
+(IPW, :mod:`ctvl.survival.propensity`) weight the likelihood.
 
 Entry points: :class:`TreatmentEffectModel` (``fit``, ``log_hazard_ratio``, ``survival``, ``risk``,
 ``subgroup_probabilities``), :func:`estimate_treatment_effect` (cross-fitted propensity, weights, model),
@@ -41,7 +42,14 @@ from torch import nn
 from ctvl.config import TreatmentConfig, from_dict, to_dict
 from ctvl.survival.heads import mlp_stack
 from ctvl.survival.network_fit import fit_network
-from ctvl.survival.piecewise import hazard_cuts, interval_exposure, pc_hazard_nll, pc_survival
+from ctvl.survival.piecewise import (
+    hazard_cuts,
+    interval_exposure,
+    interval_index,
+    interval_midpoints,
+    pc_hazard_nll,
+    pc_survival,
+)
 from ctvl.survival.propensity import check_treatment, cross_fit_propensity, effective_sample_size, ipw_weights
 
 __all__ = ["HazardNet", "TreatmentEffectModel", "TreatmentEstimate", "estimate_treatment_effect",
@@ -252,16 +260,14 @@ class TreatmentEffectModel:
     @property
     def midpoints(self) -> np.ndarray:
         """(J,) centre of each interval."""
-        return 0.5 * (self.cuts_[:-1] + self.cuts_[1:])
+        return interval_midpoints(self.cuts_)
 
     def log_hazard_ratio(self, X, times=None) -> np.ndarray:
         """Log-HR :math:`\\log h(t|x,1) - \\log h(t|x,0)`: (n, J) per interval, or (n, T) at ``times``."""
         per_interval = self._numpy(self.net.log_hr, X)
         if times is None:
             return per_interval
-        index = np.clip(np.searchsorted(self.cuts_, np.asarray(times, np.float64), side="left") - 1,
-                        0, per_interval.shape[1] - 1)
-        return per_interval[:, index]
+        return per_interval[:, interval_index(times, self.cuts_)]
 
     def log_hazard(self, X, treatment) -> np.ndarray:
         """(n, J) :math:`\\eta_j(x, a)` with ``treatment`` a 0/1 scalar or (n,) array."""
@@ -363,7 +369,7 @@ def estimate_treatment_effect(X, treatment, time, event, cfg: TreatmentConfig, s
     propensity, weight = None, np.ones(a.size)
     if cfg.ipw:
         propensity = fit_propensity(X, a, cfg)
-        weight = ipw_weights(a, propensity, clip_quantile=None if cfg.clip_quantile >= 1 else cfg.clip_quantile)
+        weight = ipw_weights(a, propensity, clip_quantile=cfg.clip_quantile)  # 1.0 caps at the largest: none
     model = TreatmentEffectModel(cfg).fit(X, a, time, event, weight, row_ids)
     return TreatmentEstimate(model, propensity, weight)
 

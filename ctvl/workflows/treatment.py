@@ -116,37 +116,37 @@ def _subgroup_table(model, X, covariates: pd.DataFrame, treatment) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-def _figures(out: Path, grid, curves: dict, model, X, km: dict) -> None:
+def _figures(out: Path, grid, curves: dict, survival: tuple, km: dict) -> None:
     from ctvl.infer.report import plot_hazard_ratio_curves, plot_survival_by_arm
 
     (out / "hazard_ratio.png").write_bytes(plot_hazard_ratio_curves(grid, curves))
-    arms = {"everyone untreated (model)": model.survival(X, 0, grid).mean(0),
-            "everyone treated (model)": model.survival(X, 1, grid).mean(0), **km}
+    arms = {"everyone untreated (model)": survival[0].mean(0), "everyone treated (model)": survival[1].mean(0), **km}
     (out / "survival_by_arm.png").write_bytes(plot_survival_by_arm(grid, arms))
 
 
-def _write_patient_outputs(out: Path, case_id, is_test, grid, log_hr, model, X) -> None:
-    """hazard_ratios.csv (case_id, split, time, log_hr) and survival_curves.parquet (both arms), long over ``grid``."""
+def _write_patient_outputs(out: Path, case_id, is_test, grid, log_hr, survival: tuple) -> None:
+    """hazard_ratios.csv (case_id, split, time, log_hr) and survival_curves.parquet (``survival`` = (n, T) curves
+    under control and under treatment), long over ``grid``."""
     from ctvl.data.tables import write_table
 
     n, T = log_hr.shape
     ids, times = np.repeat(case_id, T), np.tile(grid, n)
     write_table(pd.DataFrame({"case_id": ids, "split": np.repeat(np.where(is_test, "test", "train"), T),
                               "time": times, "log_hr": log_hr.ravel()}), out / "hazard_ratios.csv", "hazard ratios")
-    write_table(pd.DataFrame({"case_id": ids, "time": times, "survival_control": model.survival(X, 0, grid).ravel(),
-                              "survival_treated": model.survival(X, 1, grid).ravel()}),
+    write_table(pd.DataFrame({"case_id": ids, "time": times, "survival_control": survival[0].ravel(),
+                              "survival_treated": survival[1].ravel()}),
                 out / "survival_curves.parquet", "survival curves")
 
 
-def _effect_summary(est, X, tr, a, time, event, cfg: TreatmentConfig, grid) -> dict:
-    """Average log-HR (all patients, event-weighted over intervals) and the marginal log-HR over ``grid``, with
-    bootstrap intervals from ``cfg.bootstrap`` refits on the training rows."""
+def _effect_summary(est, X, tr, a, time, event, cfg: TreatmentConfig, grid, log_hr) -> dict:
+    """Average log-HR (all patients, event-weighted over intervals) and the marginal log-HR over ``grid`` (the mean
+    of ``log_hr`` (n, T)), with bootstrap intervals from ``cfg.bootstrap`` refits on the training rows."""
     from ctvl.survival.treatment import average_log_hr, bootstrap_marginal_log_hr
 
     model = est.model
     average = average_log_hr(model.log_hazard_ratio(X), model.event_share_)
     summary = {"average_log_hr": average, "average_hr": float(np.exp(average)),
-               "marginal_log_hr": {"time": grid.tolist(), "log_hr": model.log_hazard_ratio(X, grid).mean(0).tolist()}}
+               "marginal_log_hr": {"time": grid.tolist(), "log_hr": log_hr.mean(0).tolist()}}
     if cfg.bootstrap:
         curves = bootstrap_marginal_log_hr(X[tr], a[tr], time[tr], event[tr], cfg, np.r_[grid, model.midpoints],
                                            cfg.bootstrap, seed=cfg.seed)
@@ -162,7 +162,7 @@ def run_treatment_fit(tabular: TabularConfig, cfg: TreatmentConfig, out: str | P
     from ctvl.data.tables import write_table
     from ctvl.data.tabular import build_encoder, build_survival_table, split_table
     from ctvl.survival.baselines import evaluation_times, score_predictions
-    from ctvl.survival.curves import kaplan_meier
+    from ctvl.survival.curves import kaplan_meier, read_step
     from ctvl.survival.propensity import effective_sample_size, overlap_summary
     from ctvl.survival.treatment import estimate_treatment_effect, fit_propensity
 
@@ -180,11 +180,12 @@ def run_treatment_fit(tabular: TabularConfig, cfg: TreatmentConfig, out: str | P
     grid = np.quantile(time, np.linspace(0.05, 0.95, cfg.grid_size))
 
     log_hr = model.log_hazard_ratio(X, grid)  # (n, T)
-    _write_patient_outputs(out, table.case_id, np.isin(np.arange(len(a)), te), grid, log_hr, model, X)
+    survival = (model.survival(X, 0, grid), model.survival(X, 1, grid))  # each (n, T)
+    _write_patient_outputs(out, table.case_id, np.isin(np.arange(len(a)), te), grid, log_hr, survival)
 
     metrics = {"model": cfg.model, "ipw": cfg.ipw, "subgroups": cfg.subgroups, "n_train": int(tr.size),
                "n_test": int(te.size), "treated_share": float(a.mean()), "epochs": model.history_,
-               "cuts": model.cuts_.tolist(), **_effect_summary(est, X, tr, a, time, event, cfg, grid)}
+               "cuts": model.cuts_.tolist(), **_effect_summary(est, X, tr, a, time, event, cfg, grid, log_hr)}
     if te.size:
         times = evaluation_times(time[te], time[tr])
         metrics["test"] = score_predictions((event[tr], time[tr]), (event[te], time[te]), model.risk(X[te], a[te]),
@@ -206,10 +207,9 @@ def run_treatment_fit(tabular: TabularConfig, cfg: TreatmentConfig, out: str | P
         hard = model.subgroup_probabilities(X).argmax(1)
         curves.update({f"subgroup {k} (n={int((hard == k).sum())})": (log_hr[hard == k].mean(0), None, None)
                        for k in range(cfg.subgroups) if (hard == k).any()})
-    km = {f"KM observed {name}": kaplan_meier(event[a == arm], time[a == arm]) for arm, name in
-          ((0, "control"), (1, "treated"))}
-    km = {label: _km_at(curve, grid) for label, curve in km.items()}
-    _figures(out, grid, curves, model, X, km)
+    km = {f"KM observed {name}": read_step(*kaplan_meier(event[a == arm], time[a == arm])[:2], grid)
+          for arm, name in ((0, "control"), (1, "treated"))}
+    _figures(out, grid, curves, survival, km)
     model.save(out / "model")
     encoder.save(out / "covariate_encoder.json")
     save_config(TreatmentRunConfig(tabular, cfg), out / "run_config.yaml")
@@ -220,10 +220,4 @@ def run_treatment_fit(tabular: TabularConfig, cfg: TreatmentConfig, out: str | P
              f", test C {metrics['test']['c_index']:.3f}" if "test" in metrics else "")
     return metrics
 
-
-def _km_at(curve, grid) -> np.ndarray:
-    """Kaplan-Meier survival read at ``grid`` (step function, 1 before the first time)."""
-    times, surv = curve[0], curve[1]
-    index = np.searchsorted(times, grid, side="right") - 1
-    return np.where(index >= 0, surv[np.clip(index, 0, None)], 1.0)
 

@@ -22,6 +22,7 @@ Sub-commands:
     distill     a language model that writes a Cox teacher's risk from a patient sentence (any survival table)
     convert-gguf  a GGUF language model (e.g. SmolLM2 of ctvl[smollm]) -> a local HF folder for --decoder.path
     treatment   treatment effects: `simulate` a table with known truth, `fit` factorised / S- / T-learner (+ IPW)
+    synth-tabular  synthetic survival tables (CK4Gen): `fit` a generator, `sample` rows, `report` utility and privacy
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ from ctvl.config import (
     LoRAConfig,
     PreprocessConfig,
     RunConfig,
+    SynthReportConfig,
+    SynthSampleConfig,
+    SynthTabularConfig,
     SyntheticCohortConfig,
     TabularConfig,
     TrainConfig,
@@ -65,7 +69,7 @@ set_parsing_settings(docstring_parse_attribute_docstrings=True)
 # Library loggers whose INFO lines say nothing a user acts on (shown at --log_level DEBUG): numexpr's
 # "NumExpr defaulting to N threads" (pandas imports numexpr), nibabel's header notes such as "pixdim[0]
 # (qfac) should be 1 (default) or -1; setting qfac to 1" (nibabel fixes the header itself).
-QUIET_LOGGERS = ("numexpr", "nibabel.global")
+QUIET_LOGGERS = ("numexpr", "nibabel.global", "rdt")  # rdt: ctgan's per-column "Guidance" notes
 # Single lines shown only at --log_level DEBUG, by logger and message start. DeepSpeed logs this WARNING on
 # every import without CUDA, CPU runs included; it sets its logger's level on import: a filter, not a level.
 QUIET_LINES = {"DeepSpeed": ("Setting accelerator to CPU",)}
@@ -500,6 +504,58 @@ def _treatment_fit_parser() -> ArgumentParser:
     return p
 
 
+def _synth_tabular(args: Namespace) -> int:
+    from ctvl.workflows.synth_tabular import run_synth_fit, run_synth_report, run_synth_sample
+
+    ns = args[args.action]
+    if args.action == "fit":
+        run_synth_fit(_as(TabularConfig, ns.tabular), _as(SynthTabularConfig, ns.synth), ns.out)
+    elif args.action == "sample":
+        run_synth_sample(ns.model, _as(SynthSampleConfig, ns.sample), ns.out)
+    else:
+        run_synth_report(ns.real, ns.synthetic, ns.out, holdout=ns.holdout, time=ns.time, event=ns.event,
+                         cfg=_as(SynthReportConfig, ns.report))
+    return 0
+
+
+def _synth_tabular_parser() -> ArgumentParser:
+    return ArgumentParser(description="Synthetic survival tables that keep hazard ratios (CK4Gen): `fit` a generator "
+                                      "on a table, `sample` rows from it, `report` real vs synthetic.")
+
+
+def _synth_tabular_fit_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Fit CK4Gen on the training split of a table (--tabular.table FILE --tabular.time "
+                                   "COL --tabular.event COL, or --tabular.dataset gbsg2|aids|whas500|flchain).")
+    p.add_argument("--config", action=ActionConfigFile)
+    p.add_argument("--out", required=True, help="Output folder (model/, real_train.parquet, real_holdout.parquet).")
+    p.add_class_arguments(TabularConfig, "tabular")
+    p.add_class_arguments(SynthTabularConfig, "synth")
+    return p
+
+
+def _synth_tabular_sample_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Write synthetic rows from a fitted generator (--model DIR/model --out FILE).")
+    p.add_argument("--config", action=ActionConfigFile)
+    p.add_argument("--model", required=True, help="The model/ folder written by `synth-tabular fit`.")
+    p.add_argument("--out", required=True, help="Table to write (.csv or .parquet).")
+    p.add_class_arguments(SynthSampleConfig, "sample")
+    return p
+
+
+def _synth_tabular_report_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Real vs synthetic: marginals, correlations, hazard ratios, KM, TSTR, augmentation, "
+                                   "privacy; baselines fitted on the real rows in the same run.")
+    p.add_argument("--config", action=ActionConfigFile)
+    p.add_argument("--real", required=True, help="Real rows the generator saw (real_train.parquet of `fit`).")
+    p.add_argument("--holdout", default=None, help="Real rows it did not see (real_holdout.parquet of `fit`).")
+    p.add_argument("--synthetic", nargs="*", default=[], help="Synthetic tables (same columns), labelled by file stem.")
+    p.add_argument("--time", default="time", help="Time column of every table.")
+    p.add_argument("--event", default="event", help="Event column of every table.")
+    p.add_argument("--out", required=True, help="Output folder (report.html, metrics.json, *.png).")
+    p.add_class_arguments(SynthReportConfig, "report")
+    return p
+
+
 def _convert_gguf_parser() -> ArgumentParser:
     p = ArgumentParser(description="Turn a GGUF language model into a local Hugging Face folder (safetensors + "
                                    "tokenizer) for --decoder.path.")
@@ -524,9 +580,12 @@ COMMANDS: dict[str, tuple[Callable[[], ArgumentParser], Callable[[Namespace], in
     "distill": (_distill_parser, _distill),
     "convert-gguf": (_convert_gguf_parser, _convert_gguf),
     "treatment": (_treatment_parser, _treatment),
+    "synth-tabular": (_synth_tabular_parser, _synth_tabular),
 }
 ACTIONS: dict[str, dict[str, Callable[[], ArgumentParser]]] = {
     "treatment": {"simulate": _treatment_simulate_parser, "fit": _treatment_fit_parser},
+    "synth-tabular": {"fit": _synth_tabular_fit_parser, "sample": _synth_tabular_sample_parser,
+                      "report": _synth_tabular_report_parser},
 }
 """Commands with actions of their own (``ctvl treatment fit``): the action's parser per name."""
 

@@ -824,3 +824,94 @@ class TreatmentRunConfig:
 
     tabular: TabularConfig = field(default_factory=TabularConfig)
     treatment: TreatmentConfig = field(default_factory=TreatmentConfig)
+
+
+# ------------------------------------------------------------------ synthetic survival tables
+
+
+@dataclass(frozen=True)
+class SynthTabularConfig:
+    """``ctvl synth-tabular fit`` (paper 003, CK4Gen): a DCM encoder distilled from a CoxPH teacher + a decoder."""
+
+    teacher_alpha: float = 0.01
+    """Ridge penalty of the CoxPH teacher, fitted on the encoded training covariates (full one-hot blocks)."""
+    latent_dim: int = 16
+    """Width of the encoder's representation z, the space in which samples are perturbed."""
+    hidden: tuple[int, ...] = (64, 64)
+    """Hidden widths of the encoder (covariates -> z) and, reversed, of the SynthNet decoder (z -> covariates)."""
+    experts: int = 3
+    """Cox experts of the Deep Cox Mixture: risk log sum_k pi_k(z) exp(w_k . z)."""
+    reconstruction_weight: float = 1.0
+    """Share of the decoder's reconstruction gradient that reaches the encoder: 0 = the paper's two stages
+    (the encoder learns the teacher's risk only), 1 = both losses shape z."""
+    dropout: float = 0.0
+    """Dropout after each hidden layer."""
+    epochs: int = 300
+    """Passes over the training rows (early stopping on the validation rows may stop sooner)."""
+    batch_size: int = 128
+    """Rows per step."""
+    lr: float = 2e-3
+    """AdamW learning rate."""
+    weight_decay: float = 1e-5
+    """AdamW weight decay."""
+    validation_fraction: float = 0.1
+    """Share of the training rows held out for early stopping (0: all epochs run)."""
+    patience: int = 30
+    """Epochs without a better validation loss before stopping."""
+    seed: int = 0
+    """Seed of the split inside the training rows, the initialisation and the batches."""
+
+    def __post_init__(self):
+        if self.latent_dim < 1 or self.experts < 1 or self.epochs < 1 or self.batch_size < 2:
+            raise ValueError(f"need latent_dim, experts, epochs >= 1 and batch_size >= 2, got {self.latent_dim}, "
+                             f"{self.experts}, {self.epochs}, {self.batch_size}")
+        if not 0.0 <= self.reconstruction_weight <= 1.0 or not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError("need 0 <= reconstruction_weight <= 1 and 0 <= validation_fraction < 1")
+
+
+@dataclass(frozen=True)
+class SynthSampleConfig:
+    """``ctvl synth-tabular sample``: synthetic rows from a fitted generator."""
+
+    n: int = 0
+    """Rows to write; 0 = as many as the generator's training rows."""
+    noise: float = 0.5
+    """SD of the Gaussian perturbation of z, in units of each latent dimension's SD over the training rows."""
+    outcome: Literal["generate", "copy"] = "generate"
+    """Event and duration: "generate" draws times from the teacher's Breslow curve given the synthetic covariates
+    and censoring from the real censoring distribution; "copy" takes them from the sampled real rows (the paper's
+    way: KM curves then agree by construction and each row keeps one patient's outcome)."""
+    seed: int = 0
+    """Seed of the drawn records, the noise and the outcome draws."""
+
+    def __post_init__(self):
+        if self.n < 0 or self.noise < 0:
+            raise ValueError(f"need n >= 0 and noise >= 0, got {self.n} and {self.noise}")
+
+
+@dataclass(frozen=True)
+class SynthReportConfig:
+    """``ctvl synth-tabular report``: real vs synthetic utility and privacy (``ctvl.tabgen.utility``)."""
+
+    baselines: tuple[str, ...] = ("copula", "tvae", "bootstrap")
+    """Generators fitted on the real table in the same run and reported beside the given synthetic tables:
+    "copula" (Gaussian copula), "tvae" (ctgan's TVAE, needs ctvl[synth-baselines]), "bootstrap" (resampled real
+    rows: the no-privacy ceiling)."""
+    downstream: tuple[str, ...] = ("coxph",)
+    """Survival models for train-on-synthetic / train-on-real (``ctvl.survival.baselines``)."""
+    cox_alpha: float = 0.0
+    """Ridge penalty of the hazard-ratio fits (0 = the plain CoxPH fit that lifelines makes)."""
+    tvae_epochs: int = 100
+    """Training passes of the TVAE baseline."""
+    bootstrap: int = 200
+    """Resamples of the real held-out rows for the paired augmentation intervals."""
+    seed: int = 0
+    """Seed of the baselines and the resamples."""
+
+
+@dataclass(frozen=True)
+class SynthTabularRunConfig:
+    """Everything ``ctvl synth-tabular fit`` reads (``configs/synth_tabular/*.yaml``; saved as ``run_config.yaml``)."""
+
+    tabular: TabularConfig = field(default_factory=TabularConfig)
+    synth: SynthTabularConfig = field(default_factory=SynthTabularConfig)

@@ -1,6 +1,6 @@
 """The house's import rules, read from the code (function-level imports included).
 
-Layers, lowest first: ``config``/``utils`` -> ``survival`` -> ``data``, ``models`` -> ``vqa`` ->
+Layers, lowest first: ``config``/``utils`` -> ``survival`` -> ``data``, ``models`` -> ``vqa``, ``tabgen`` ->
 ``train``, ``infer`` -> ``workflows`` -> ``cli``. A module imports only from its own layer or below;
 ``data`` and ``models`` never import each other, ``infer`` never imports ``train``; no import circle
 between packages or between modules.
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "ctvl"
-LAYER = {"config": 0, "utils": 0, "survival": 1, "data": 2, "models": 2, "vqa": 3, "train": 4, "infer": 4,
+LAYER = {"config": 0, "utils": 0, "survival": 1, "data": 2, "models": 2, "vqa": 3, "tabgen": 3, "train": 4, "infer": 4,
          "workflows": 5, "cli": 6}
 APART = [("data", "models"), ("models", "data"), ("infer", "train"), ("train", "infer")]
 

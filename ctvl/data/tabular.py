@@ -58,6 +58,7 @@ __all__ = [
     "load_reference_dataset",
     "load_survival_table",
     "perturb_covariates",
+    "restore_dtype",
     "split_table",
 ]
 
@@ -378,6 +379,23 @@ class TabularEncoder:
     def feature_names_(self) -> list[str]:
         return [name for spec in self.specs_ for name in _names(spec, self.drop_first)]
 
+    def blocks(self) -> list[tuple[str, str, int, int]]:
+        """Output columns per role: ``(column name, role, start, stop)`` with role ``"numeric"`` (a standardised
+        numeric or integer column), ``"binary"``, ``"onehot"`` (one block of levels), ``"ordinal"`` or
+        ``"indicator"`` (a ``<name>=<missing>`` column). The matrix columns ``start:stop`` hold it."""
+        self._check_fitted()
+        out, start = [], 0
+        for spec in self.specs_:
+            width = len(_names(spec, self.drop_first)) - int(spec["indicator"])
+            role = spec.get("encoding", "numeric") if spec["kind"] == "categorical" else \
+                ("binary" if spec["kind"] == "binary" else "numeric")
+            out.append((spec["name"], role, start, start + width))
+            start += width
+            if spec["indicator"]:
+                out.append((spec["name"], "indicator", start, start + 1))
+                start += 1
+        return out
+
     # ---------------------------------------------------------------- transform
     def transform(self, df: pd.DataFrame) -> np.ndarray:
         """(n, p) frame -> (n, d) float64 matrix, ``d = len(feature_names_)``; extra columns are ignored."""
@@ -446,7 +464,7 @@ class TabularEncoder:
             values = np.where(block[:, 1] > 0.5, np.nan, values)
         if spec["kind"] == "integer":
             values = np.round(values)
-        return _restore_dtype(pd.Series(values), spec["dtype"])
+        return restore_dtype(pd.Series(values), spec["dtype"])
 
     def _decode_categorical(self, spec: dict, block: np.ndarray):
         k = len(spec["categories"])
@@ -463,7 +481,7 @@ class TabularEncoder:
                                         ordered=spec["ordered"])
         if spec["dtype"] == "category":
             return cat
-        return _restore_dtype(pd.Series(np.asarray(cat, dtype=object)), spec["dtype"])
+        return restore_dtype(pd.Series(np.asarray(cat, dtype=object)), spec["dtype"])
 
     # ---------------------------------------------------------------- state
     def to_dict(self) -> dict[str, Any]:
@@ -507,7 +525,7 @@ def _names(spec: dict, drop_first: bool) -> list[str]:
     return [name] + ([f"{name}={MISSING}"] if spec["indicator"] else [])
 
 
-def _restore_dtype(values: pd.Series, dtype: str) -> pd.Series:
+def restore_dtype(values: pd.Series, dtype: str) -> pd.Series:
     """Cast decoded values back to ``dtype``; numpy integers/bools with NaN become pandas nullable dtypes."""
     if values.isna().any():
         nullable = {"b": "boolean", "i": "Int64", "u": "UInt64"}

@@ -83,7 +83,7 @@ def render_case_html(cases: list[dict], threshold: Optional[float], title: str) 
         header = "<tr><th>Question</th><th>Answer</th><th>Risk</th></tr>"
         body.append(f"<h2>{esc(c['case_id'])}</h2><p>Risk {c['risk']:.4g}: <span class=\"{c['group']}\">"
                     f"{c['group']} risk</span></p><table>{header}{rows}</table>")
-    return _page(title, "\n".join(body))
+    return html_page(title, "\n".join(body))
 
 
 def write_case_reports(records: list[dict], out_dir: str | Path, threshold: Optional[float] = None,
@@ -99,7 +99,8 @@ def write_case_reports(records: list[dict], out_dir: str | Path, threshold: Opti
 # ------------------------------------------------------------------------------ figures
 
 
-def _figure(width: float = 6.0, height: float = 4.5):
+def new_figure(width: float = 6.0, height: float = 4.5):
+    """A matplotlib Figure (constrained layout, 100 dpi) drawn off-screen: no pyplot state, no display."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -115,7 +116,8 @@ def figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _step(ax, times: np.ndarray, surv: np.ndarray, **kw) -> None:
+def step_curve(ax, times: np.ndarray, surv: np.ndarray, **kw) -> None:
+    """A survival step curve from (0, 1): ``times`` (T,) and ``surv`` (T,) right-continuous."""
     ax.step(np.r_[0.0, times], np.r_[1.0, surv], where="post", **kw)
 
 
@@ -126,10 +128,10 @@ def plot_risk_groups(groups: dict, time_unit: str = "") -> bytes:
         groups: :func:`ctvl.survival.curves.risk_groups` output.
         time_unit: axis label suffix, e.g. "months".
     """
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
-    _step(ax, *groups["km_low"], color="#1b5e20", label=f"low risk (n={groups['n_low']})")
-    _step(ax, *groups["km_high"], color="#b00020", label=f"high risk (n={groups['n_high']})")
+    step_curve(ax, *groups["km_low"], color="#1b5e20", label=f"low risk (n={groups['n_low']})")
+    step_curve(ax, *groups["km_high"], color="#b00020", label=f"high risk (n={groups['n_high']})")
     ax.set_ylim(0, 1.02)
     ax.set_xlabel(f"time{f' ({time_unit})' if time_unit else ''}")
     ax.set_ylabel("survival probability")
@@ -141,7 +143,7 @@ def plot_risk_groups(groups: dict, time_unit: str = "") -> bytes:
 def plot_calibration(predicted: np.ndarray, observed: np.ndarray, counts: np.ndarray,
                      horizon: float) -> bytes:
     """Predicted vs Kaplan-Meier observed event probability by t = ``horizon``, one point per risk bin."""
-    fig = _figure(5.0, 5.0)
+    fig = new_figure(5.0, 5.0)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="#999", linestyle="--", label="perfect calibration")
     ax.plot(predicted, observed, marker="o", color="#0d47a1", label="risk bins")
@@ -158,7 +160,7 @@ def plot_calibration(predicted: np.ndarray, observed: np.ndarray, counts: np.nda
 def plot_latent(xy: np.ndarray, risk: np.ndarray, time: np.ndarray, event: np.ndarray, method: str,
                 what: str = "z_surv", risk_label: str = "predicted risk") -> bytes:
     """2-D map of embeddings ``what`` coloured by risk and by observed time (x = censored)."""
-    fig = _figure(11.0, 4.8)
+    fig = new_figure(11.0, 4.8)
     for k, (values, label, cmap) in enumerate(((risk, risk_label, "coolwarm"),
                                                 (time, "observed time", "viridis"))):
         ax = fig.add_subplot(1, 2, k + 1)
@@ -182,7 +184,7 @@ def plot_hazard_ratio_curves(times: np.ndarray, curves: dict[str, tuple], time_u
         times: (T,) grid.
         curves: label -> ``(log_hr (T,), lower (T,) or None, upper (T,) or None)``.
     """
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     for label, (log_hr, lower, upper) in curves.items():
         line, = ax.step(times, np.exp(log_hr), where="mid", label=label)
@@ -202,16 +204,17 @@ def plot_survival_by_arm(times: np.ndarray, curves: dict[str, np.ndarray], time_
         times: (T,) grid.
         curves: label -> (T,) survival probabilities (labels starting "KM" are drawn dashed).
     """
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     for label, surv in curves.items():
-        _step(ax, times, surv, label=label, ls="--" if label.startswith("KM") else "-")
+        step_curve(ax, times, surv, label=label, ls="--" if label.startswith("KM") else "-")
     ax.set(xlabel=f"time{f' ({time_unit})' if time_unit else ''}", ylabel="survival", ylim=(0, 1.02))
     ax.legend(fontsize=8)
     return figure_png(fig)
 
 
-def _page(title: str, body: str) -> str:
+def html_page(title: str, body: str) -> str:
+    """A standalone HTML page with ctvl's report style."""
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n")
 
@@ -238,7 +241,8 @@ def _metric_table(rows: list[tuple[str, dict | float | None]]) -> str:
     return f"<table>{header}{''.join(cells)}</table>"
 
 
-def _img(png: bytes, alt: str) -> str:
+def img_tag(png: bytes, alt: str) -> str:
+    """An ``<img>`` with the PNG inlined (base64): the page needs no files beside it."""
     return f"<img alt=\"{html.escape(alt)}\" src=\"data:image/png;base64,{base64.b64encode(png).decode()}\">"
 
 
@@ -260,7 +264,7 @@ def render_evaluation_html(metrics: dict, figures: dict[str, bytes], title: str 
                     f"{groups['n_low']} low; log-rank p = {groups['p_value']:.3g}.</p>")
     for key, caption in (("km", "Kaplan-Meier curves"), ("calibration", "Calibration")):
         if key in figures:
-            body.append(f"<h3>{caption}</h3>{_img(figures[key], caption)}")
+            body.append(f"<h3>{caption}</h3>{img_tag(figures[key], caption)}")
     bs = metrics.get("bertscore")
     if bs:
         table = _metric_table([("BERTScore F1", bs["f1"]), ("BERTScore precision", bs["precision"]),
@@ -270,8 +274,8 @@ def render_evaluation_html(metrics: dict, figures: dict[str, bytes], title: str 
                  f"(layer {bs['num_layers']}, no baseline rescaling), loaded from "
                  f"{html.escape(bs['model_path'])}.</p>"]
     if "latent" in figures:
-        body.append(f"<h2>Latent space</h2>{_img(figures['latent'], 'latent space')}")
+        body.append(f"<h2>Latent space</h2>{img_tag(figures['latent'], 'latent space')}")
     notes = metrics.get("notes") or []
     if notes:
         body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
-    return _page(title, "\n".join(body))
+    return html_page(title, "\n".join(body))

@@ -881,6 +881,9 @@ class SynthSampleConfig:
     """Event and duration: "generate" draws times from the teacher's Breslow curve given the synthetic covariates
     and censoring from the real censoring distribution; "copy" takes them from the sampled real rows (the paper's
     way: KM curves then agree by construction and each row keeps one patient's outcome)."""
+    discrete: Literal["sample", "argmax"] = "sample"
+    """0/1 columns, categorical levels and missing cells: drawn from the decoder's probabilities, or its most
+    likely value (rare levels then vanish where the decoder hesitates)."""
     seed: int = 0
     """Seed of the drawn records, the noise and the outcome draws."""
 

@@ -14,7 +14,7 @@ from ctvl.config import (
     load_config,
     save_config,
 )
-from ctvl.config import ClinicalTextConfig, TreatmentRunConfig
+from ctvl.config import ClinicalTextConfig, SynthTabularRunConfig, TreatmentRunConfig
 from ctvl.data.questions import QuestionSet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -27,6 +27,7 @@ SCHEMA = {
     "clinical": ClinicalTextConfig,
     "distill": DistillRunConfig,
     "treatment": TreatmentRunConfig,
+    "synth_tabular": SynthTabularRunConfig,
 }
 
 

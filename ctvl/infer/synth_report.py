@@ -16,6 +16,7 @@ import pandas as pd
 from ctvl.data.tabular import column_kind
 from ctvl.infer.report import figure_png, html_page, img_tag, new_figure, step_curve
 from ctvl.survival.curves import kaplan_meier
+from ctvl.tabgen.utility import discrete_levels
 
 __all__ = ["plot_correlations", "plot_forest", "plot_km", "plot_marginals", "render_synth_report_html"]
 
@@ -40,8 +41,8 @@ def plot_marginals(real: pd.DataFrame, synthetic: pd.DataFrame, label: str) -> b
                 if values.size > 1 and values.std() > 0:
                     ax.plot(x, gaussian_kde(values)(x), color=colour, label=what)
         else:
-            pa = a.astype(object).fillna("<missing>").value_counts(normalize=True)
-            pb = b.astype(object).fillna("<missing>").value_counts(normalize=True).reindex(pa.index, fill_value=0)
+            pa = discrete_levels(a).value_counts(normalize=True)
+            pb = discrete_levels(b).value_counts(normalize=True).reindex(pa.index, fill_value=0)
             pos = np.arange(pa.size)
             ax.bar(pos - 0.2, pa.to_numpy(), 0.4, color=_REAL, label="real")
             ax.bar(pos + 0.2, pb.to_numpy(), 0.4, color="C4", label=label)

@@ -12,8 +12,8 @@ Fit (:meth:`CK4Gen.fit`, figure 1 d-f of the paper):
    alone). One AdamW loop with early stopping on held-out training rows (``ctvl.survival.network_fit``).
 
 Sample (:meth:`CK4Gen.sample`, figure 1 a-c): draw real training records, take their codes :math:`z`, add
-:math:`\sigma\,\mathrm{sd}(z)\,\varepsilon` with :math:`\varepsilon \sim \mathcal N(0, I)`, decode, map back to
-the table's columns (levels, 0/1, missing cells) and post-process (:class:`~ctvl.tabgen.postprocess.ColumnBounds`).
+:math:`\sigma\,\mathrm{sd}(z)\,\varepsilon` with :math:`\varepsilon \sim \mathcal N(0, I)`, decode, draw 0/1 columns, levels and
+missing cells from the decoder's probabilities (or take the most likely), map back to the table's columns and post-process (:class:`~ctvl.tabgen.postprocess.ColumnBounds`).
 Event and duration are copied from the drawn records (``outcome="copy"``, the paper's way) or drawn from the
 teacher's Breslow curve given the synthetic covariates and the real censoring distribution (``"generate"``,
 :class:`~ctvl.tabgen.outcomes.OutcomeModel`).
@@ -36,7 +36,14 @@ from ctvl.config import SynthTabularConfig, from_dict, to_dict
 from ctvl.data.tabular import TabularEncoder
 from ctvl.survival.network_fit import fit_network
 from ctvl.survival.teachers import Teacher
-from ctvl.tabgen.dcm import DCMEncoder, SynthNetDecoder, decode_blocks, distillation_loss, reconstruction_loss
+from ctvl.tabgen.dcm import (
+    DCMEncoder,
+    SynthNetDecoder,
+    decode_blocks,
+    distillation_loss,
+    draw_discrete,
+    reconstruction_loss,
+)
 from ctvl.tabgen.normal_scores import NormalScores
 from ctvl.tabgen.outcomes import OutcomeModel
 from ctvl.tabgen.postprocess import ColumnBounds
@@ -132,7 +139,8 @@ class CK4Gen:
                 "reconstruction": float(reconstruction_loss(self.net.decoder(z), y, blocks))}
 
     # ------------------------------------------------------------------ sample
-    def sample(self, n: int = 0, noise: float = 0.5, outcome: str = "generate", seed: int = 0) -> pd.DataFrame:
+    def sample(self, n: int = 0, noise: float = 0.5, outcome: str = "generate", seed: int = 0,
+               discrete: str = "sample") -> pd.DataFrame:
         """``n`` synthetic rows (0: as many as the training rows): the covariates in the real columns and dtypes,
         then the time (float64) and event (bool) columns (``outcome_columns_``, default ``time`` and ``event``).
 
@@ -142,9 +150,13 @@ class CK4Gen:
             outcome: ``"generate"`` (times from the teacher and the real censoring) or ``"copy"`` (from the
                 drawn records).
             seed: seeds the draws.
+            discrete: ``"sample"`` draws 0/1 columns, levels and missing cells from the decoder's probabilities;
+                ``"argmax"`` takes the most likely one.
         """
         if outcome not in ("generate", "copy"):
             raise ValueError(f"`outcome` must be 'generate' or 'copy', got {outcome!r}")
+        if discrete not in ("sample", "argmax"):
+            raise ValueError(f"`discrete` must be 'sample' or 'argmax', got {discrete!r}")
         rng = np.random.default_rng(seed)
         n_train = self.time_.size
         n = n or n_train
@@ -153,6 +165,8 @@ class CK4Gen:
         with torch.no_grad():
             raw = self.net.decoder(torch.as_tensor(z, dtype=torch.float32))
             encoded = self.scores_.inverse(decode_blocks(raw, self.encoder_.blocks()).double().numpy())
+        if discrete == "sample":
+            encoded = draw_discrete(encoded, self.encoder_.blocks(), rng)
         covariates = self.bounds_.restore(self.encoder_.inverse_transform(encoded))
         if outcome == "copy":
             time, event = self.time_[idx], self.event_[idx]

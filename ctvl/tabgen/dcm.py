@@ -26,13 +26,15 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ctvl.survival.heads import mlp_stack
 
-__all__ = ["DCMEncoder", "SynthNetDecoder", "decode_blocks", "distillation_loss", "reconstruction_loss"]
+__all__ = ["DCMEncoder", "SynthNetDecoder", "decode_blocks", "distillation_loss", "draw_discrete",
+           "reconstruction_loss"]
 
 Blocks = Sequence[tuple[str, str, int, int]]
 """``TabularEncoder.blocks()``: (column, role, start, stop) per block of matrix columns."""
@@ -102,4 +104,19 @@ def decode_blocks(output: torch.Tensor, blocks: Blocks) -> torch.Tensor:
             out[:, a:b] = torch.sigmoid(output[:, a:b])
         elif role == "onehot":
             out[:, a:b] = torch.softmax(output[:, a:b], dim=1)
+    return out
+
+
+def draw_discrete(decoded: np.ndarray, blocks: Blocks, rng: np.random.Generator) -> np.ndarray:
+    """Decoded probabilities (n, D) -> the same matrix with each 0/1 column drawn as Bernoulli(p) and each one-hot
+    block as one level drawn from its probabilities (numbers unchanged). Where the decoder is sure this is its
+    argmax; where it hesitates, rare levels and missing cells keep their share instead of vanishing."""
+    out = decoded.copy()
+    for _, role, a, b in blocks:
+        if role in ("binary", "indicator") or (role == "onehot" and b - a == 1):
+            out[:, a:b] = (rng.uniform(size=(len(out), b - a)) < decoded[:, a:b]).astype(np.float64)
+        elif role == "onehot":
+            cum = np.cumsum(decoded[:, a:b], axis=1)
+            level = (rng.uniform(size=(len(out), 1)) * cum[:, -1:] > cum).sum(1)
+            out[:, a:b] = np.eye(b - a)[np.minimum(level, b - a - 1)]
     return out

@@ -28,7 +28,7 @@ from ctvl.survival.cox import linear_cox_derivatives
 from ctvl.survival.curves import integrated_brier_score, kaplan_meier, logrank_test, read_step
 from ctvl.survival.metrics import harrell_c
 
-__all__ = ["augmentation_effect", "compare_hazard_ratios", "correlations", "cox_design", "downstream_utility",
+__all__ = ["assess_synthetic", "augmentation_effect", "compare_hazard_ratios", "correlations", "cox_design", "discrete_levels", "downstream_utility",
            "hazard_ratio_table", "km_agreement", "marginal_distances", "outcomes", "privacy"]
 
 TARGETS = ("time", "event")
@@ -103,6 +103,11 @@ def compare_hazard_ratios(design: TabularEncoder, real: pd.DataFrame, synthetic:
 # ------------------------------------------------------------------------------------ fidelity
 
 
+def discrete_levels(column: pd.Series) -> pd.Series:
+    """Discrete values as text, missing cells as ``"<missing>"`` (a level of their own)."""
+    return column.astype(str).where(column.notna(), "<missing>")
+
+
 def marginal_distances(real: pd.DataFrame, synthetic: pd.DataFrame) -> dict:
     """Per covariate: ``{"measure": "ks"|"tvd", "value": ...}`` (KS statistic of the observed values for numeric
     columns, total variation distance of the level shares, missing included, for the others)."""
@@ -113,8 +118,8 @@ def marginal_distances(real: pd.DataFrame, synthetic: pd.DataFrame) -> dict:
             out[name] = {"measure": "ks", "value": float(stats.ks_2samp(a.dropna(), b.dropna()).statistic),
                          "missing_share_diff": float(b.isna().mean() - a.isna().mean())}
         else:
-            pa = a.astype(object).fillna("<missing>").value_counts(normalize=True)
-            pb = b.astype(object).fillna("<missing>").value_counts(normalize=True)
+            pa = discrete_levels(a).value_counts(normalize=True)
+            pb = discrete_levels(b).value_counts(normalize=True)
             out[name] = {"measure": "tvd", "value": float(0.5 * pa.sub(pb, fill_value=0).abs().sum())}
     return out
 

@@ -28,13 +28,15 @@ from ctvl.survival.cox import linear_cox_derivatives
 from ctvl.survival.curves import integrated_brier_score, kaplan_meier, logrank_test, read_step
 from ctvl.survival.metrics import harrell_c
 
-__all__ = ["assess_synthetic", "augmentation_effect", "compare_hazard_ratios", "correlations", "cox_design", "discrete_levels", "downstream_utility",
-           "hazard_ratio_table", "km_agreement", "marginal_distances", "outcomes", "privacy"]
+__all__ = ["assess_synthetic", "augmentation_effect", "compare_hazard_ratios", "correlations", "covariates",
+           "cox_design", "discrete_levels", "downstream_utility", "hazard_ratio_table", "km_agreement",
+           "marginal_distances", "outcomes", "privacy"]
 
 TARGETS = ("time", "event")
 
 
 def covariates(table: pd.DataFrame) -> pd.DataFrame:
+    """The table without its ``time`` and ``event`` columns."""
     return table.drop(columns=list(TARGETS))
 
 

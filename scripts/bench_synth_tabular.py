@@ -77,6 +77,10 @@ def run(name: str, seed: int, args) -> dict:
                 table = gen.sample(size * len(train), noise=noise, outcome=mode, seed=seed + 1)
                 score(f"ck4gen-{mode}@{noise:g}" + (f"x{size}" if size > 1 else ""), table,
                       fit_seconds + _time.perf_counter() - start)
+    for size in args.sizes if args.mixture else []:
+        start = _time.perf_counter()
+        table = gen.sample(size * len(train), latent="mixture", seed=seed + 1)
+        score("ck4gen-mixture" + (f"x{size}" if size > 1 else ""), table, fit_seconds + _time.perf_counter() - start)
     for base in args.baselines:
         start = _time.perf_counter()
         epochs = args.tvae_epochs if len(train) < 2000 else args.tvae_epochs_large
@@ -128,6 +132,8 @@ def main() -> None:
     parser.add_argument("--noise", type=float, nargs="+", default=[0.5, 1.0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 5],
                         help="synthetic rows as multiples of the training rows (generate mode and baselines)")
+    parser.add_argument("--mixture", action=argparse.BooleanOptionalAction, default=True,
+                        help="also CK4Gen with codes from a Gaussian mixture (--sample.latent mixture)")
     parser.add_argument("--baselines", nargs="*", default=["copula", "tvae", "bootstrap"])
     parser.add_argument("--tvae-epochs", type=int, default=300, help="TVAE epochs below 2000 training rows")
     parser.add_argument("--tvae-epochs-large", type=int, default=100, help="TVAE epochs from 2000 rows (FLChain)")

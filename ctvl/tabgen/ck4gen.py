@@ -16,7 +16,8 @@ Sample (:meth:`CK4Gen.sample`, figure 1 a-c): draw real training records, take t
 missing cells from the decoder's probabilities (or take the most likely), map back to the table's columns and post-process (:class:`~ctvl.tabgen.postprocess.ColumnBounds`).
 Event and duration are copied from the drawn records (``outcome="copy"``, the paper's way) or drawn from the
 teacher's Breslow curve given the synthetic covariates and the real censoring distribution (``"generate"``,
-:class:`~ctvl.tabgen.outcomes.OutcomeModel`).
+:class:`~ctvl.tabgen.outcomes.OutcomeModel`). With ``latent="mixture"`` the codes come from a Gaussian mixture
+fitted on all training codes instead of from single records.
 
 A saved generator (:meth:`CK4Gen.save`: safetensors + JSON, no pickle) holds the training patients' codes
 and outcomes: it is as private as the real table. Share the sampled tables, not the generator.
@@ -139,8 +140,8 @@ class CK4Gen:
                 "reconstruction": float(reconstruction_loss(self.net.decoder(z), y, blocks))}
 
     # ------------------------------------------------------------------ sample
-    def sample(self, n: int = 0, noise: float = 0.5, outcome: str = "generate", seed: int = 0,
-               discrete: str = "sample") -> pd.DataFrame:
+    def sample(self, n: int = 0, noise: float = 1.0, outcome: str = "generate", seed: int = 0,
+               discrete: str = "sample", latent: str = "records", components: int = 10) -> pd.DataFrame:
         """``n`` synthetic rows (0: as many as the training rows): the covariates in the real columns and dtypes,
         then the time (float64) and event (bool) columns (``outcome_columns_``, default ``time`` and ``event``).
 
@@ -152,7 +153,14 @@ class CK4Gen:
             seed: seeds the draws.
             discrete: ``"sample"`` draws 0/1 columns, levels and missing cells from the decoder's probabilities;
                 ``"argmax"`` takes the most likely one.
+            latent: ``"records"`` perturbs the codes of drawn training records (the paper's way); ``"mixture"``
+                draws codes from a Gaussian mixture (``components``, full covariances) fitted on all training
+                codes, so that no row derives from one patient (``noise`` unused; ``outcome`` must be generate).
         """
+        if latent not in ("records", "mixture"):
+            raise ValueError(f"`latent` must be 'records' or 'mixture', got {latent!r}")
+        if latent == "mixture" and outcome == "copy":
+            raise ValueError("`outcome='copy'` needs drawn records: use latent='records'")
         if outcome not in ("generate", "copy"):
             raise ValueError(f"`outcome` must be 'generate' or 'copy', got {outcome!r}")
         if discrete not in ("sample", "argmax"):
@@ -161,7 +169,11 @@ class CK4Gen:
         n_train = self.time_.size
         n = n or n_train
         idx = rng.choice(n_train, n, replace=n > n_train)
-        z = self.latent_[idx] + noise * self.latent_sd_ * rng.standard_normal((n, self.latent_.shape[1]))
+        if latent == "mixture":
+            z = self._mixture(components, seed).sample(n)[0]
+            z = z[rng.permutation(n)]  # sklearn returns the rows grouped by component
+        else:
+            z = self.latent_[idx] + noise * self.latent_sd_ * rng.standard_normal((n, self.latent_.shape[1]))
         with torch.no_grad():
             raw = self.net.decoder(torch.as_tensor(z, dtype=torch.float32))
             encoded = self.scores_.inverse(decode_blocks(raw, self.encoder_.blocks()).double().numpy())
@@ -173,6 +185,12 @@ class CK4Gen:
         else:
             time, event = self.outcomes_.sample(self.teacher_log_hazard(covariates), rng)
         return covariates.assign(**dict(zip(self.outcome_columns_, (time, event))))
+
+    def _mixture(self, components: int, seed: int):
+        from sklearn.mixture import GaussianMixture
+
+        k = max(1, min(components, self.latent_.shape[0] // 10))
+        return GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(self.latent_)
 
     def teacher_log_hazard(self, covariates: pd.DataFrame) -> np.ndarray:
         """(n,) the CoxPH teacher's log-hazard of covariates in the real columns."""

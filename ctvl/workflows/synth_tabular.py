@@ -78,7 +78,8 @@ def run_synth_sample(model: str | Path, cfg: SynthSampleConfig, out: str | Path)
     from ctvl.tabgen.ck4gen import CK4Gen
 
     gen = CK4Gen.load(model)
-    rows = gen.sample(cfg.n, noise=cfg.noise, outcome=cfg.outcome, seed=cfg.seed, discrete=cfg.discrete)
+    rows = gen.sample(cfg.n, noise=cfg.noise, outcome=cfg.outcome, seed=cfg.seed, discrete=cfg.discrete,
+                      latent=cfg.latent, components=cfg.components)
     time, event = gen.outcome_columns_
     log.info("sampled %d rows (%s outcomes, noise %.2f): %.0f %% events -> %s", len(rows), cfg.outcome, cfg.noise,
              100 * rows[event].mean(), out)

@@ -260,3 +260,12 @@ def test_a_level_missing_from_the_synthetic_table_gives_nan_not_a_crash():
     result = compare_hazard_ratios(design, table, no_stage3)
     row = next(r for r in result["rows"] if r["covariate"] == "stage=III")
     assert np.isnan(row["coef_synthetic"]) and result["missing_in_synthetic"] == 1
+
+
+def test_mixture_codes_give_valid_rows_and_refuse_copied_outcomes(fitted):
+    table, gen = fitted
+    synthetic = gen.sample(300, latent="mixture", components=4, seed=7)
+    assert synthetic.dtypes.to_dict() == table.dtypes.to_dict() and len(synthetic) == 300
+    assert synthetic["stage"].nunique() == 3 and 0.1 < synthetic["event"].mean() < 0.9
+    with pytest.raises(ValueError, match="needs drawn records"):
+        gen.sample(10, latent="mixture", outcome="copy")

@@ -1,7 +1,7 @@
 """Synthetic survival tables (paper 003): CK4Gen against a Gaussian copula, ctgan's TVAE and bootstrap resampling,
 side by side on GBSG2, ACTG320 (``aids``, without ``txgrp``, which repeats ``tx``), WHAS500 and FLChain.
 
-    python scripts/bench_synth_tabular.py --out runs/bench_synth_tabular               # ~30 min on 2 cores
+    python scripts/bench_synth_tabular.py --out runs/bench_synth_tabular               # about 12 min on 2 cores
     python scripts/bench_synth_tabular.py --datasets gbsg2 --seeds 1 --noise 0.5 1.0   # a quick look
 
 Per data set and seed: an event-stratified 80/20 split (seed = the split's and the generators'), every generator
@@ -124,6 +124,29 @@ def goals(results: dict, noise: float, size: str = "") -> list[str]:
     return out
 
 
+def ratios(results: dict, noise: float, sizes) -> list[str]:
+    """CK4Gen (generate mode) against each peer at the same size: mean |d log HR| ratio (< 1: closer to the real
+    hazard ratios) and fit + sample time ratio."""
+    out = []
+    for name, seeds in results.items():
+        for size in sizes:
+            tag = f"x{size}" if size > 1 else ""
+            ours = f"ck4gen-generate@{noise:g}{tag}"
+            if ours not in seeds[0]:
+                continue
+            cells = []
+            for peer in ("copula", "tvae", "bootstrap"):
+                label = peer + (tag if peer != "bootstrap" else "")
+                if label not in seeds[0] or (peer == "bootstrap" and tag):
+                    continue
+                d = [np.mean([s[k]["dHR"] for s in seeds]) for k in (ours, label)]
+                t = [np.mean([s[k]["sec"] for s in seeds]) for k in (ours, label)]
+                cells.append(f"{label} dHR ratio {d[0] / d[1]:.2f}, time ratio {t[0] / max(t[1], 1e-9):.2g}")
+            if cells:
+                out.append(f"{name} {ours}: " + "; ".join(cells))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench_synth_tabular")
@@ -139,14 +162,20 @@ def main() -> None:
     parser.add_argument("--tvae-epochs-large", type=int, default=100, help="TVAE epochs from 2000 rows (FLChain)")
     parser.add_argument("--bootstrap", type=int, default=200, help="resamples of the augmentation intervals")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--from-results", action="store_true",
+                        help="print the tables of <out>/results.json again instead of running")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {name: [run(name, seed, args) for seed in range(args.seeds)] for name in args.datasets}
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    if args.from_results:
+        results = json.loads((out / "results.json").read_text())
+    else:
+        results = {name: [run(name, seed, args) for seed in range(args.seeds)] for name in args.datasets}
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
     lines = summarise(results) + [""] + [g for noise in args.noise for g in goals(results, noise)]
     lines += [g for noise in args.noise for size in args.sizes[1:] for g in goals(results, noise, f"x{size}")]
+    lines += [""] + [r for noise in args.noise for r in ratios(results, noise, args.sizes)]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

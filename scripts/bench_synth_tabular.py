@@ -6,10 +6,12 @@ side by side on GBSG2, ACTG320 (``aids``, without ``txgrp``, which repeats ``tx`
 
 Per data set and seed: an event-stratified 80/20 split (seed = the split's and the generators'), every generator
 fitted on the training rows and sampled to as many rows; CK4Gen in both outcome modes (``copy``: the paper's;
-``generate``) at each ``--noise``; generate mode and the copula/TVAE baselines also at ``--sizes`` times the training
-rows (``x5``: a fresh sample's own estimation noise shrinks, so the hazard-ratio gap measures bias). Every synthetic table is scored by ``ctvl.tabgen.utility.assess_synthetic``
-against the held-out real rows. Prints one row per data set x generator (mean over seeds; +- SD) and the goal
-checks of the CK4Gen issue; writes ``<out>/results.json`` (every seed) and ``<out>/table.md``.
+``generate``) at each ``--noise`` and with codes from a Gaussian mixture (``--mixture``); generate mode and the
+copula/TVAE baselines also at ``--sizes`` times the training rows (``x5``: a fresh sample's own estimation noise
+shrinks, so the hazard-ratio gap measures bias). Every synthetic table is scored by
+``ctvl.tabgen.utility.assess_synthetic`` against the held-out real rows. Prints one row per data set x generator
+(mean over seeds; +- SD), the goal checks of the CK4Gen issue and CK4Gen/peer ratios (mean |d log HR|, time);
+writes ``<out>/results.json`` (every seed) and ``<out>/table.md``.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ Fit (:meth:`CK4Gen.fit`, figure 1 d-f of the paper):
    alone). One AdamW loop with early stopping on held-out training rows (``ctvl.survival.network_fit``).
 
 Sample (:meth:`CK4Gen.sample`, figure 1 a-c): draw real training records, take their codes :math:`z`, add
-:math:`\sigma\,\mathrm{sd}(z)\,\varepsilon` with :math:`\varepsilon \sim \mathcal N(0, I)`, decode, draw 0/1 columns, levels and
-missing cells from the decoder's probabilities (or take the most likely), map back to the table's columns and post-process (:class:`~ctvl.tabgen.postprocess.ColumnBounds`).
+:math:`\sigma\,\mathrm{sd}(z)\,\varepsilon` with :math:`\varepsilon \sim \mathcal N(0, I)`, decode, draw 0/1
+columns, levels and missing cells from the decoder's probabilities (or take the most likely), map back to the
+table's columns and post-process (:class:`~ctvl.tabgen.postprocess.ColumnBounds`).
 Event and duration are copied from the drawn records (``outcome="copy"``, the paper's way) or drawn from the
 teacher's Breslow curve given the synthetic covariates and the real censoring distribution (``"generate"``,
 :class:`~ctvl.tabgen.outcomes.OutcomeModel`). With ``latent="mixture"`` the codes come from a Gaussian mixture
@@ -90,8 +91,7 @@ class CK4Gen:
         self.teacher_coef_ = teacher.cox_.coef
         log_hz = teacher.predict_log_hazard(X)
         self.outcomes_ = OutcomeModel().fit(log_hz, event, time)
-        self.risk_centre_, self.risk_scale_ = float(log_hz.mean()), float(log_hz.std() or 1.0)
-        target = (log_hz - self.risk_centre_) / self.risk_scale_
+        target = (log_hz - log_hz.mean()) / (log_hz.std() or 1.0)
 
         torch.manual_seed(cfg.seed)
         self.net = _Networks(X.shape[1], cfg)
@@ -110,14 +110,14 @@ class CK4Gen:
         self.net.eval()
         with torch.no_grad():
             start = self._losses(x_t, h_t, y_t, blocks)
-        history = fit_network(self.net, loss_fn, (x_t[keep], h_t[keep], y_t[keep]), seed=cfg.seed, epochs=cfg.epochs,
-                              batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        history = fit_network(self.net, loss_fn, (x_t[keep], h_t[keep], y_t[keep]), seed=cfg.seed,
+                              epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                               validation=(x_t[held], h_t[held], y_t[held]) if held.size else None,
                               patience=cfg.patience)
         with torch.no_grad():
             end = self._losses(x_t, h_t, y_t, blocks)
             self.latent_ = self.net.encoder(x_t).double().numpy()  # (n, L)
-            student = self.net.encoder.risk(torch.as_tensor(self.latent_, dtype=torch.float32)).double().numpy()
+        student = self.student_risk(covariates)
         self.latent_sd_ = self.latent_.std(0)
         self.event_, self.time_ = event, time
         self.history_ = {**history, "loss_before": start, "loss_after": end,
@@ -219,8 +219,7 @@ class CK4Gen:
         meta = {"format": _FORMAT, "version": 1, "config": to_dict(self.cfg), "encoder": self.encoder_.to_dict(),
                 "bounds": self.bounds_.to_dict(), "scores": self.scores_.to_dict(),
                 "outcomes": self.outcomes_.to_dict(),
-                "teacher_coef": self.teacher_coef_.tolist(), "risk_centre": self.risk_centre_,
-                "risk_scale": self.risk_scale_, "outcome_columns": list(self.outcome_columns_),
+                "teacher_coef": self.teacher_coef_.tolist(), "outcome_columns": list(self.outcome_columns_),
                 "history": self.history_}
         with atomic_open(directory / "generator.json", "w") as fh:
             json.dump(meta, fh, indent=1, default=float)
@@ -245,7 +244,7 @@ class CK4Gen:
         gen.scores_ = NormalScores.from_dict(meta["scores"])
         gen.outcomes_ = OutcomeModel.from_dict(meta["outcomes"])
         gen.teacher_coef_ = np.asarray(meta["teacher_coef"], np.float64)
-        gen.risk_centre_, gen.risk_scale_, gen.history_ = meta["risk_centre"], meta["risk_scale"], meta["history"]
+        gen.history_ = meta["history"]
         gen.outcome_columns_ = tuple(meta["outcome_columns"])
         gen.net = _Networks(gen.teacher_coef_.size, gen.cfg)
         gen.net.load_state_dict(load_file(str(directory / "networks.safetensors")))

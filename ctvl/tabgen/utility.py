@@ -203,7 +203,7 @@ def augmentation_effect(design: TabularEncoder, train: pd.DataFrame, holdout: pd
 # ------------------------------------------------------------------------------------ privacy
 
 
-def privacy(train: pd.DataFrame, holdout: pd.DataFrame, synthetic: pd.DataFrame, seed: int = 0) -> dict:
+def privacy(train: pd.DataFrame, holdout: pd.DataFrame, synthetic: pd.DataFrame) -> dict:
     """Record distances in the space of a :class:`TabularEncoder` fitted on the real training rows (numbers per
     SD, time included; one-hot levels; event 0/1), Euclidean.
 
@@ -218,12 +218,10 @@ def privacy(train: pd.DataFrame, holdout: pd.DataFrame, synthetic: pd.DataFrame,
 
     space = TabularEncoder(categorical="onehot", missing_indicators=True).fit(train)
     A, H, S = (space.transform(t) for t in (train, holdout, synthetic))
-    d_syn = NearestNeighbors(n_neighbors=1).fit(A).kneighbors(S)[0][:, 0]
-    d_hold = NearestNeighbors(n_neighbors=1).fit(A).kneighbors(H)[0][:, 0]
-    members = A
-    to_synthetic = NearestNeighbors(n_neighbors=1).fit(S)
-    closeness = -np.r_[to_synthetic.kneighbors(members)[0][:, 0], to_synthetic.kneighbors(H)[0][:, 0]]
-    auc = roc_auc_score(np.r_[np.ones(len(members)), np.zeros(len(H))], closeness)
+    to_train, to_synthetic = NearestNeighbors(n_neighbors=1).fit(A), NearestNeighbors(n_neighbors=1).fit(S)
+    d_syn, d_hold = to_train.kneighbors(S)[0][:, 0], to_train.kneighbors(H)[0][:, 0]
+    closeness = -np.r_[to_synthetic.kneighbors(A)[0][:, 0], to_synthetic.kneighbors(H)[0][:, 0]]
+    auc = roc_auc_score(np.r_[np.ones(len(A)), np.zeros(len(H))], closeness)
     return {"dcr_synthetic_p5": float(np.quantile(d_syn, 0.05)), "dcr_holdout_p5": float(np.quantile(d_hold, 0.05)),
             "dcr_synthetic_median": float(np.median(d_syn)), "dcr_holdout_median": float(np.median(d_hold)),
             "exact_copies": float(np.mean(d_syn <= 1e-8)), "membership_auc": float(auc)}
@@ -246,5 +244,5 @@ def assess_synthetic(train: pd.DataFrame, holdout: pd.DataFrame | None, syntheti
         out.update(km_vs_holdout=km_agreement(holdout, synthetic),
                    utility=downstream_utility(design, train, holdout, synthetic, models, seed),
                    augmentation=augmentation_effect(design, train, holdout, synthetic, models[0], bootstrap, seed),
-                   privacy=privacy(train, holdout, synthetic, seed))
+                   privacy=privacy(train, holdout, synthetic))
     return out
